@@ -1,0 +1,231 @@
+"""The PCK certificate's SGX extension (OID 1.2.840.113741.1.13.1): PPID, TCB, PCE-ID, FMSPC, ...
+
+``cryptography`` hands us the extension as opaque DER; this module reads it with a small bounded DER
+reader (tag, length, value; definite lengths only) and returns a typed :class:`PckIdentity`. The PPID
+read here is the real one, which the provider compares across the TD's and its own PCK certificates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from ..errors import PckCertificateInvalid
+
+SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
+
+_PREFIX = "1.2.840.113741.1.13.1"
+OID_PPID = f"{_PREFIX}.1"
+OID_TCB = f"{_PREFIX}.2"
+OID_PCEID = f"{_PREFIX}.3"
+OID_FMSPC = f"{_PREFIX}.4"
+OID_SGX_TYPE = f"{_PREFIX}.5"
+OID_PLATFORM_INSTANCE_ID = f"{_PREFIX}.6"
+OID_CONFIGURATION = f"{_PREFIX}.7"
+
+TAG_BOOLEAN = 0x01
+TAG_INTEGER = 0x02
+TAG_OCTET_STRING = 0x04
+TAG_OID = 0x06
+TAG_ENUMERATED = 0x0A
+TAG_SEQUENCE = 0x30
+
+SGX_TYPES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
+
+
+def _fail(message: str) -> PckCertificateInvalid:
+    return PckCertificateInvalid(f"PCK certificate SGX extension: {message}")
+
+
+def _tlv(buf: bytes, pos: int) -> tuple[int, bytes, int]:
+    """One DER element at ``pos``: (tag, value, next position). Lengths are bounded by ``buf``."""
+    if pos + 2 > len(buf):
+        raise _fail("truncated element")
+    tag = buf[pos]
+    length = buf[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if n == 0 or n > 4 or pos + n > len(buf):
+            raise _fail("bad length encoding")
+        length = int.from_bytes(buf[pos : pos + n], "big")
+        pos += n
+    if pos + length > len(buf):
+        raise _fail("element runs past its container")
+    return tag, buf[pos : pos + length], pos + length
+
+
+def _elements(buf: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    pos = 0
+    while pos < len(buf):
+        tag, value, pos = _tlv(buf, pos)
+        out.append((tag, value))
+    return out
+
+
+def _oid(value: bytes) -> str:
+    if not value:
+        raise _fail("empty OID")
+    first = value[0]
+    parts = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
+    acc = 0
+    for b in value[1:]:
+        acc = (acc << 7) | (b & 0x7F)
+        if not b & 0x80:
+            parts.append(acc)
+            acc = 0
+    if value[-1] & 0x80:
+        raise _fail("truncated OID")
+    return ".".join(str(p) for p in parts)
+
+
+def _uint(tag: int, value: bytes, what: str, limit: int) -> int:
+    if tag not in (TAG_INTEGER, TAG_ENUMERATED) or not value or len(value) > 4:
+        raise _fail(f"{what} must be a small INTEGER")
+    n = int.from_bytes(value, "big", signed=True)
+    if not 0 <= n <= limit:
+        raise _fail(f"{what} out of range: {n}")
+    return n
+
+
+def _octets(tag: int, value: bytes, what: str, size: int) -> bytes:
+    if tag != TAG_OCTET_STRING or len(value) != size:
+        raise _fail(f"{what} must be an OCTET STRING of {size} bytes")
+    return value
+
+
+def _pairs(seq_value: bytes, what: str) -> dict[str, tuple[int, bytes]]:
+    """SEQUENCE OF SEQUENCE { OID, value } into {oid: (tag, value)}; duplicates are refused."""
+    out: dict[str, tuple[int, bytes]] = {}
+    for tag, value in _elements(seq_value):
+        if tag != TAG_SEQUENCE:
+            raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
+        inner = _elements(value)
+        if len(inner) != 2 or inner[0][0] != TAG_OID:
+            raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
+        oid = _oid(inner[0][1])
+        if oid in out:
+            raise _fail(f"{what}: duplicate {oid}")
+        out[oid] = inner[1]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PckIdentity:
+    """What the PCK certificate says about the platform: identity and TCB."""
+
+    ppid: bytes
+    tcb_components: tuple[int, ...]
+    pcesvn: int
+    cpusvn: bytes
+    pce_id: bytes
+    fmspc: bytes
+    sgx_type: str
+    #: "platform" or "processor": which Intel CA issued the PCK certificate (and which PCK CRL applies).
+    ca_type: str
+    platform_instance_id: bytes | None = None
+    dynamic_platform: bool | None = None
+    cached_keys: bool | None = None
+    smt_enabled: bool | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ppid": self.ppid.hex(),
+            "fmspc": self.fmspc.hex().upper(),
+            "pce_id": self.pce_id.hex(),
+            "pcesvn": self.pcesvn,
+            "cpusvn": self.cpusvn.hex(),
+            "tcb_components": list(self.tcb_components),
+            "sgx_type": self.sgx_type,
+            "ca_type": self.ca_type,
+            "platform_instance_id": self.platform_instance_id.hex() if self.platform_instance_id else None,
+            "dynamic_platform": self.dynamic_platform,
+            "cached_keys": self.cached_keys,
+            "smt_enabled": self.smt_enabled,
+        }
+
+
+def ca_type_of(issuer: x509.Name) -> str:
+    names = issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    cn = str(names[0].value) if names else ""
+    if "PCK Platform CA" in cn:
+        return "platform"
+    if "PCK Processor CA" in cn:
+        return "processor"
+    raise PckCertificateInvalid(f"PCK certificate issuer {cn!r} is neither the PCK Platform CA nor Processor CA")
+
+
+def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
+    """Parse the value of the SGX extension (the DER SEQUENCE) into a :class:`PckIdentity`."""
+    tag, body, end = _tlv(der, 0)
+    if tag != TAG_SEQUENCE or end != len(der):
+        raise _fail("not a single SEQUENCE")
+    top = _pairs(body, "extension")
+    for required in (OID_PPID, OID_TCB, OID_PCEID, OID_FMSPC, OID_SGX_TYPE):
+        if required not in top:
+            raise _fail(f"missing {required}")
+    ppid = _octets(*top[OID_PPID], "PPID", 16)
+    pce_id = _octets(*top[OID_PCEID], "PCE-ID", 2)
+    fmspc = _octets(*top[OID_FMSPC], "FMSPC", 6)
+    sgx_type_n = _uint(*top[OID_SGX_TYPE], "SGX type", 2)
+
+    tcb_tag, tcb_value = top[OID_TCB]
+    if tcb_tag != TAG_SEQUENCE:
+        raise _fail("TCB must be a SEQUENCE")
+    tcb = _pairs(tcb_value, "TCB")
+    comps = []
+    for i in range(1, 17):
+        oid = f"{OID_TCB}.{i}"
+        if oid not in tcb:
+            raise _fail(f"TCB lacks component {i}")
+        comps.append(_uint(*tcb[oid], f"TCB component {i}", 255))
+    if f"{OID_TCB}.17" not in tcb or f"{OID_TCB}.18" not in tcb:
+        raise _fail("TCB lacks PCESVN or CPUSVN")
+    pcesvn = _uint(*tcb[f"{OID_TCB}.17"], "PCESVN", 0xFFFF)
+    cpusvn = _octets(*tcb[f"{OID_TCB}.18"], "CPUSVN", 16)
+
+    instance_id = None
+    flags: dict[str, bool] = {}
+    if OID_PLATFORM_INSTANCE_ID in top:
+        instance_id = _octets(*top[OID_PLATFORM_INSTANCE_ID], "PlatformInstanceID", 16)
+    if OID_CONFIGURATION in top:
+        cfg_tag, cfg_value = top[OID_CONFIGURATION]
+        if cfg_tag != TAG_SEQUENCE:
+            raise _fail("Configuration must be a SEQUENCE")
+        for oid, (btag, bval) in _pairs(cfg_value, "Configuration").items():
+            if btag != TAG_BOOLEAN or len(bval) != 1:
+                raise _fail(f"Configuration {oid} must be a BOOLEAN")
+            flags[oid] = bval != b"\x00"
+    if ca_type == "platform" and (instance_id is None or OID_CONFIGURATION not in top):
+        raise _fail("a Platform-CA PCK certificate must carry PlatformInstanceID and Configuration")
+
+    return PckIdentity(
+        ppid=ppid,
+        tcb_components=tuple(comps),
+        pcesvn=pcesvn,
+        cpusvn=cpusvn,
+        pce_id=pce_id,
+        fmspc=fmspc,
+        sgx_type=SGX_TYPES[sgx_type_n],
+        ca_type=ca_type,
+        platform_instance_id=instance_id,
+        dynamic_platform=flags.get(f"{OID_CONFIGURATION}.1"),
+        cached_keys=flags.get(f"{OID_CONFIGURATION}.2"),
+        smt_enabled=flags.get(f"{OID_CONFIGURATION}.3"),
+    )
+
+
+def pck_identity(cert: x509.Certificate) -> PckIdentity:
+    """Read the SGX extension of a PCK leaf certificate."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(SGX_EXTENSION_OID)
+    except x509.ExtensionNotFound as e:
+        raise PckCertificateInvalid("PCK certificate has no SGX extension") from e
+    except ValueError as e:
+        raise PckCertificateInvalid(f"PCK certificate extensions are malformed: {e}") from e
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        raise PckCertificateInvalid("PCK certificate SGX extension has an unexpected form")
+    return parse_sgx_extension(value.value, ca_type_of(cert.issuer))

@@ -261,7 +261,11 @@ def parse_td_report(raw: bytes) -> TdReport:
     )
 
 
-_BODY_SIZES = {BodyType.SGX: SGX_REPORT_SIZE, BodyType.TD10: TD10_REPORT_SIZE, BodyType.TD15: TD15_REPORT_SIZE}
+_BODY_SIZES = {
+    BodyType.SGX: SGX_REPORT_SIZE,
+    BodyType.TD10: TD10_REPORT_SIZE,
+    BodyType.TD15: TD15_REPORT_SIZE,
+}
 
 
 def _strip_pem(data: bytes) -> bytes:
@@ -330,14 +334,13 @@ def parse_quote(data: bytes) -> Quote:
     cert_type = cert.u16("PCK certification data type")
     if cert_type != CERT_TYPE_PCK_CERT_CHAIN:
         raise UnsupportedQuote(
-            f"PCK certification data type {cert_type} is not supported (only 5, the PCK certificate chain, is)"
+            f"PCK certification data type {cert_type} is not supported "
+            "(only 5, the PCK certificate chain, is)"
         )
     cert_size = cert.u32("PCK certification data size")
     chain = cert.take(cert_size, "PCK certificate chain")
     if cert.pos != len(cert.buf):
-        raise QuoteMalformed(
-            f"{len(cert.buf) - cert.pos} unexpected bytes after the PCK certificate chain"
-        )
+        raise QuoteMalformed(f"{len(cert.buf) - cert.pos} unexpected bytes after the PCK certificate chain")
     if header.version != 3 and sig.pos != len(sig.buf):
         raise QuoteMalformed(f"{len(sig.buf) - sig.pos} unexpected bytes after the certification data")
 

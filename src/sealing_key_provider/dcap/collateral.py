@@ -177,11 +177,13 @@ def _components(tcb: Mapping[str, Any], key: str, what: str) -> tuple[int, ...]:
     comps = _get(tcb, key, list, what)
     if len(comps) != 16:
         raise CollateralMalformed(f"{what}.{key} must have 16 components, got {len(comps)}")
-    out = []
-    for i, c in enumerate(comps):
-        if not isinstance(c, dict):
-            raise CollateralMalformed(f"{what}.{key}[{i}] must be an object")
-        out.append(_svn(c.get("svn"), f"{what}.{key}[{i}].svn"))
+    out: list[int] = []
+    for c in comps:
+        svn = c.get("svn") if isinstance(c, dict) else None
+        # Checked inline (no per-component helper call or message): this loop runs 16 times per level.
+        if type(svn) is not int or not 0 <= svn <= 255:
+            raise CollateralMalformed(f"{what}.{key}[{len(out)}].svn must be an integer in 0..255")
+        out.append(svn)
     return tuple(out)
 
 

@@ -16,13 +16,6 @@ from ..errors import PckCertificateInvalid
 SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
 
 _PREFIX = "1.2.840.113741.1.13.1"
-OID_PPID = f"{_PREFIX}.1"
-OID_TCB = f"{_PREFIX}.2"
-OID_PCEID = f"{_PREFIX}.3"
-OID_FMSPC = f"{_PREFIX}.4"
-OID_SGX_TYPE = f"{_PREFIX}.5"
-OID_PLATFORM_INSTANCE_ID = f"{_PREFIX}.6"
-OID_CONFIGURATION = f"{_PREFIX}.7"
 
 TAG_BOOLEAN = 0x01
 TAG_INTEGER = 0x02
@@ -65,20 +58,18 @@ def _elements(buf: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def _oid(value: bytes) -> str:
-    if not value:
-        raise _fail("empty OID")
-    first = value[0]
-    parts = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
-    acc = 0
-    for b in value[1:]:
-        acc = (acc << 7) | (b & 0x7F)
-        if not b & 0x80:
-            parts.append(acc)
-            acc = 0
-    if value[-1] & 0x80:
-        raise _fail("truncated OID")
-    return ".".join(str(p) for p in parts)
+def encode_oid(dotted: str) -> bytes:
+    """DER content bytes of an OID; OIDs in the extension are compared in this form (no decoding)."""
+    nums = [int(p) for p in dotted.split(".")]
+    out = bytearray([40 * nums[0] + nums[1]])
+    for arc in nums[2:]:
+        chunk = [arc & 0x7F]
+        rest = arc >> 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
+        out.extend(reversed(chunk))
+    return bytes(out)
 
 
 def _uint(tag: int, value: bytes, what: str, limit: int) -> int:
@@ -96,18 +87,32 @@ def _octets(tag: int, value: bytes, what: str, size: int) -> bytes:
     return value
 
 
-def _pairs(seq_value: bytes, what: str) -> dict[str, tuple[int, bytes]]:
-    """SEQUENCE OF SEQUENCE { OID, value } into {oid: (tag, value)}; duplicates are refused."""
-    out: dict[str, tuple[int, bytes]] = {}
+OID_PPID = encode_oid(f"{_PREFIX}.1")
+OID_TCB = encode_oid(f"{_PREFIX}.2")
+OID_PCEID = encode_oid(f"{_PREFIX}.3")
+OID_FMSPC = encode_oid(f"{_PREFIX}.4")
+OID_SGX_TYPE = encode_oid(f"{_PREFIX}.5")
+OID_PLATFORM_INSTANCE_ID = encode_oid(f"{_PREFIX}.6")
+OID_CONFIGURATION = encode_oid(f"{_PREFIX}.7")
+#: TCB component i (1..16), PCESVN (17), CPUSVN (18).
+OID_TCB_ITEM = {i: encode_oid(f"{_PREFIX}.2.{i}") for i in range(1, 19)}
+_OID_CONFIG_ITEM = {encode_oid(f"{_PREFIX}.7.{i}"): i for i in (1, 2, 3)}
+
+
+def _pairs(seq_value: bytes, what: str) -> dict[bytes, tuple[int, bytes]]:
+    """SEQUENCE OF SEQUENCE { OID, value } into {oid DER bytes: (tag, value)}; duplicates are refused."""
+    out: dict[bytes, tuple[int, bytes]] = {}
     for tag, value in _elements(seq_value):
         if tag != TAG_SEQUENCE:
             raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
         inner = _elements(value)
         if len(inner) != 2 or inner[0][0] != TAG_OID:
             raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
-        oid = _oid(inner[0][1])
+        oid = inner[0][1]
+        if not oid or oid[-1] & 0x80:
+            raise _fail(f"{what}: malformed OID")
         if oid in out:
-            raise _fail(f"{what}: duplicate {oid}")
+            raise _fail(f"{what}: duplicate OID {oid.hex()}")
         out[oid] = inner[1]
     return out
 
@@ -154,7 +159,9 @@ def ca_type_of(issuer: x509.Name) -> str:
         return "platform"
     if "PCK Processor CA" in cn:
         return "processor"
-    raise PckCertificateInvalid(f"PCK certificate issuer {cn!r} is neither the PCK Platform CA nor Processor CA")
+    raise PckCertificateInvalid(
+        f"PCK certificate issuer {cn!r} is neither the PCK Platform CA nor Processor CA"
+    )
 
 
 def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
@@ -165,7 +172,7 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
     top = _pairs(body, "extension")
     for required in (OID_PPID, OID_TCB, OID_PCEID, OID_FMSPC, OID_SGX_TYPE):
         if required not in top:
-            raise _fail(f"missing {required}")
+            raise _fail(f"missing required element {required.hex()}")
     ppid = _octets(*top[OID_PPID], "PPID", 16)
     pce_id = _octets(*top[OID_PCEID], "PCE-ID", 2)
     fmspc = _octets(*top[OID_FMSPC], "FMSPC", 6)
@@ -177,17 +184,18 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
     tcb = _pairs(tcb_value, "TCB")
     comps = []
     for i in range(1, 17):
-        oid = f"{OID_TCB}.{i}"
-        if oid not in tcb:
+        item = tcb.get(OID_TCB_ITEM[i])
+        if item is None:
             raise _fail(f"TCB lacks component {i}")
-        comps.append(_uint(*tcb[oid], f"TCB component {i}", 255))
-    if f"{OID_TCB}.17" not in tcb or f"{OID_TCB}.18" not in tcb:
+        comps.append(_uint(*item, f"TCB component {i}", 255))
+    pcesvn_item, cpusvn_item = tcb.get(OID_TCB_ITEM[17]), tcb.get(OID_TCB_ITEM[18])
+    if pcesvn_item is None or cpusvn_item is None:
         raise _fail("TCB lacks PCESVN or CPUSVN")
-    pcesvn = _uint(*tcb[f"{OID_TCB}.17"], "PCESVN", 0xFFFF)
-    cpusvn = _octets(*tcb[f"{OID_TCB}.18"], "CPUSVN", 16)
+    pcesvn = _uint(*pcesvn_item, "PCESVN", 0xFFFF)
+    cpusvn = _octets(*cpusvn_item, "CPUSVN", 16)
 
     instance_id = None
-    flags: dict[str, bool] = {}
+    flags: dict[int, bool] = {}
     if OID_PLATFORM_INSTANCE_ID in top:
         instance_id = _octets(*top[OID_PLATFORM_INSTANCE_ID], "PlatformInstanceID", 16)
     if OID_CONFIGURATION in top:
@@ -196,8 +204,9 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
             raise _fail("Configuration must be a SEQUENCE")
         for oid, (btag, bval) in _pairs(cfg_value, "Configuration").items():
             if btag != TAG_BOOLEAN or len(bval) != 1:
-                raise _fail(f"Configuration {oid} must be a BOOLEAN")
-            flags[oid] = bval != b"\x00"
+                raise _fail(f"Configuration element {oid.hex()} must be a BOOLEAN")
+            if oid in _OID_CONFIG_ITEM:
+                flags[_OID_CONFIG_ITEM[oid]] = bval != b"\x00"
     if ca_type == "platform" and (instance_id is None or OID_CONFIGURATION not in top):
         raise _fail("a Platform-CA PCK certificate must carry PlatformInstanceID and Configuration")
 
@@ -211,9 +220,9 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
         sgx_type=SGX_TYPES[sgx_type_n],
         ca_type=ca_type,
         platform_instance_id=instance_id,
-        dynamic_platform=flags.get(f"{OID_CONFIGURATION}.1"),
-        cached_keys=flags.get(f"{OID_CONFIGURATION}.2"),
-        smt_enabled=flags.get(f"{OID_CONFIGURATION}.3"),
+        dynamic_platform=flags.get(1),
+        cached_keys=flags.get(2),
+        smt_enabled=flags.get(3),
     )
 
 

@@ -1,0 +1,185 @@
+"""``collateral fetch`` and the ``sim pccs`` server command.
+
+``collateral fetch`` turns a quote into a collateral file by asking a PCCS (or Intel PCS) the same
+questions the provider asks, so an offline host can be prepared from a connected one and the file
+can be checked with ``quote verify --collateral``. The output is written atomically: a crash never
+leaves half a file where the provider expects collateral.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..dcap.abi import parse_quote
+from ..dcap.collateral import Collateral
+from ..errors import ConfigError, ProviderError
+from .pccs_client import DEFAULT_TIMEOUT, PccsClient
+from .pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog, parse_listen
+from .source import CollateralKey, bundle_json, for_quote
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+    directory = path.resolve().parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """PCCS connection options, shared by every command that can fetch collateral."""
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="total seconds for all requests"
+    )
+    parser.add_argument(
+        "--ca-bundle", metavar="FILE", help="CA certificates to verify the PCCS TLS certificate"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the PCCS TLS certificate (self-signed PCCS; collateral is still verified)",
+    )
+
+
+def client_from_args(url: str, args: argparse.Namespace) -> PccsClient:
+    return PccsClient(url, timeout=args.timeout, ca_bundle=args.ca_bundle, insecure=args.insecure)
+
+
+def fetch_for_quote_bytes(data: bytes, client: PccsClient) -> tuple[CollateralKey, Collateral]:
+    """Parse a quote, work out its collateral key and fetch the collateral."""
+    quote = parse_quote(data)
+    tee, fmspc, ca = for_quote(quote)
+    return CollateralKey(tee, fmspc, ca), client.get(tee, fmspc, ca)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        with client_from_args(args.pccs_url, args) as client:
+            fetched: dict[CollateralKey, Collateral] = {}
+            for name in args.quote:
+                try:
+                    data = Path(name).read_bytes()
+                except OSError as e:
+                    print(f"error: cannot read {name}: {e.strerror}", file=sys.stderr)
+                    return 1
+                key, collateral = fetch_for_quote_bytes(data, client)
+                fetched[key] = collateral
+                print(f"{name}: fetched collateral for {key}", file=sys.stderr)
+        text = next(iter(fetched.values())).to_json() if len(args.quote) == 1 else bundle_json(fetched)
+        write_atomically(out, text)
+    except ProviderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: cannot write {out}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(str(out))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``collateral`` (with ``fetch``) to the top-level CLI."""
+    parser = subparsers.add_parser("collateral", help="fetch and manage DCAP collateral")
+    sub = parser.add_subparsers(dest="collateral_command", required=True, metavar="COMMAND")
+    fetch = sub.add_parser(
+        "fetch",
+        help="fetch the collateral of one or more quotes from a PCCS or Intel PCS",
+        description=(
+            "Fetch TCB info, QE identity, PCK CRL and root CA CRL for each quote. One quote gives the plain "
+            "collateral JSON (as in the test corpus); several give a bundle that --collateral also accepts."
+        ),
+    )
+    fetch.add_argument("quote", nargs="+", metavar="QUOTE", help="raw quote file(s)")
+    fetch.add_argument(
+        "--pccs-url",
+        required=True,
+        metavar="URL",
+        help="e.g. https://localhost:8081 or https://api.trustedservices.intel.com",
+    )
+    fetch.add_argument("--out", required=True, metavar="FILE", help="where to write the collateral JSON")
+    add_client_arguments(fetch)
+    fetch.set_defaults(handler=_cmd_fetch)
+
+
+# --- sim pccs ------------------------------------------------------------------------------------
+
+
+def _cmd_pccs(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        host, port = parse_listen(args.listen)
+        if args.collateral:
+            catalog: StaticCatalog | RegeneratingCatalog = StaticCatalog.from_file(args.collateral)
+        else:
+            if not args.state_dir:
+                raise ConfigError("sim pccs needs --state-dir (simulated platform) or --collateral FILE")
+            catalog = RegeneratingCatalog(_sim_factory(Path(args.state_dir)), time.time)
+            catalog.entries()  # generate now, so a broken state directory fails at start-up
+        server = PccsServer(catalog, host, port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except ProviderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: cannot listen on {args.listen}: {e.strerror}", file=sys.stderr)
+        return 1
+    # The URL on stdout lets scripts use --listen HOST:0 and learn the port.
+    print(server.url, flush=True)
+    server.serve_until_signalled()
+    return 0
+
+
+class _SimFactory:
+    """Adapts the simulated platform to :class:`~.pccs_server.CollateralFactory`."""
+
+    def __init__(self, platform: Any) -> None:
+        self._platform = platform
+
+    def collateral(self, tee: str, now: int) -> Collateral:
+        result = self._platform.collateral(tee=tee, now=now)
+        if not isinstance(result, Collateral):
+            raise ConfigError("the simulated platform returned something that is not Collateral")
+        return result
+
+
+def _sim_factory(state_dir: Path) -> _SimFactory:
+    # Imported here: the simulator is an optional edge the collateral client never needs.
+    from ..sim import SimPlatform  # type: ignore[attr-defined,unused-ignore]
+
+    return _SimFactory(SimPlatform.load(state_dir))
+
+
+def add_pccs_parser(sim_subparsers: Any) -> None:
+    """Add ``pccs`` under the ``sim`` command (called from ``sim/cli.py``)."""
+    pccs = sim_subparsers.add_parser(
+        "pccs",
+        help="serve collateral over the PCCS v4 HTTP API",
+        description=(
+            "Serve the PCS v4 collateral endpoints (tcb, qe/identity, pckcrl, rootcacrl) from the simulated "
+            "platform in --state-dir, or from a recorded collateral file (--collateral)."
+        ),
+    )
+    pccs.add_argument("--state-dir", metavar="DIR", help="simulated platform state directory")
+    pccs.add_argument(
+        "--collateral", metavar="FILE", help="serve this collateral file instead of the simulator's"
+    )
+    pccs.add_argument(
+        "--listen", default="127.0.0.1:8081", metavar="HOST:PORT", help="default 127.0.0.1:8081"
+    )
+    pccs.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    pccs.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert, if not in the same file")
+    pccs.set_defaults(handler=_cmd_pccs)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that contribute subcommands, in help order.
-COMMAND_MODULES = ("sealing_key_provider.dcap.cli",)
+COMMAND_MODULES = ("sealing_key_provider.dcap.cli", "sealing_key_provider.collateral.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -380,6 +380,13 @@ class Verifier:
     # -- PCK chain ------------------------------------------------------------------------------------
 
     def _prepare_pck(self, pem: bytes) -> _PckChain:
+        # cryptography parses certificate fields lazily: a damaged field raises ValueError on access.
+        try:
+            return self._prepare_pck_inner(pem)
+        except ValueError as e:
+            raise PckChainInvalid(f"PCK certificate chain is malformed: {e}") from e
+
+    def _prepare_pck_inner(self, pem: bytes) -> _PckChain:
         leaf, inter, root = _load_chain(pem, 3, "PCK certificate chain in the quote", PckChainInvalid)
         if root != self._anchor:
             raise PckChainInvalid(
@@ -458,6 +465,12 @@ class Verifier:
         return _Window(int(crl.last_update_utc.timestamp()), int(next_update.timestamp()), what, False)
 
     def _prepare_collateral(self, c: Collateral) -> _PreparedCollateral:
+        try:
+            return self._prepare_collateral_inner(c)
+        except ValueError as e:
+            raise CollateralMalformed(f"collateral certificate or CRL is malformed: {e}") from e
+
+    def _prepare_collateral_inner(self, c: Collateral) -> _PreparedCollateral:
         tcb_signer, tcb_key = self._signing_chain(c.tcb_info_issuer_chain, "TCB info issuer chain")
         if "SGX TCB Signing" not in _cn(tcb_signer.subject):
             raise CollateralSignatureInvalid("TCB info is not signed by an SGX TCB Signing certificate")
@@ -502,6 +515,12 @@ class Verifier:
         return _PreparedCollateral(tcb_info, qe_identity, root_crl, pck_crl, crl_ca, windows)
 
     def _check_revocation(self, pck: _PckChain, c: _PreparedCollateral) -> None:
+        try:
+            self._check_revocation_inner(pck, c)
+        except ValueError as e:
+            raise CollateralMalformed(f"CRL is malformed: {e}") from e
+
+    def _check_revocation_inner(self, pck: _PckChain, c: _PreparedCollateral) -> None:
         if (
             pck.intermediate != c.pck_crl_issuer
             and pck.intermediate.public_key() != c.pck_crl_issuer.public_key()

@@ -375,7 +375,9 @@ class PccsServer:
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="pccs-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="pccs-sim", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -68,8 +68,17 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def load_collateral(args: argparse.Namespace, quote: bytes) -> Collateral:
-    """The collateral named on the command line. ``--pccs-url`` support plugs in here."""
-    del quote
+    """The collateral named on the command line: a file, or fetched from a PCCS for this quote."""
+    pccs_url = getattr(args, "pccs_url", None)
+    if pccs_url:
+        # The collateral package is the I/O edge; imported here so dcap itself never depends on it.
+        from ..collateral.cli import client_from_args, fetch_for_quote_bytes
+        from ..errors import ConfigError
+
+        if args.collateral:
+            raise ConfigError("give either --collateral or --pccs-url, not both")
+        with client_from_args(pccs_url, args) as client:
+            return fetch_for_quote_bytes(quote, client)[1]
     return Collateral.from_json(read_input(args.collateral))
 
 
@@ -118,4 +127,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--at", type=int, metavar="UNIX_SECONDS", help="verification time (default: now)")
     v.add_argument("--trust-anchor", metavar="PEM", help="root CA to trust instead of Intel's (tests, sim)")
     v.add_argument("--json", action="store_true", help="print JSON")
+    # --pccs-url (and its connection options) are owned by the collateral package.
+    from ..collateral.cli import add_client_arguments
+
+    v.add_argument("--pccs-url", metavar="URL", help="fetch the collateral from this PCCS or Intel PCS")
+    add_client_arguments(v)
     v.set_defaults(handler=_verify)

@@ -31,31 +31,26 @@ def _fail(message: str) -> PckCertificateInvalid:
     return PckCertificateInvalid(f"PCK certificate SGX extension: {message}")
 
 
-def _tlv(buf: bytes, pos: int) -> tuple[int, bytes, int]:
-    """One DER element at ``pos``: (tag, value, next position). Lengths are bounded by ``buf``."""
-    if pos + 2 > len(buf):
+def _tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """One DER element at ``pos``: (tag, start of value, end of value), all bounded by ``end``.
+
+    Offsets rather than slices: the extension holds ~90 elements and is read once per new PCK chain,
+    which puts this walk on the cold verification path.
+    """
+    if pos + 2 > end:
         raise _fail("truncated element")
     tag = buf[pos]
     length = buf[pos + 1]
     pos += 2
     if length & 0x80:
         n = length & 0x7F
-        if n == 0 or n > 4 or pos + n > len(buf):
+        if n == 0 or n > 4 or pos + n > end:
             raise _fail("bad length encoding")
         length = int.from_bytes(buf[pos : pos + n], "big")
         pos += n
-    if pos + length > len(buf):
+    if pos + length > end:
         raise _fail("element runs past its container")
-    return tag, buf[pos : pos + length], pos + length
-
-
-def _elements(buf: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    pos = 0
-    while pos < len(buf):
-        tag, value, pos = _tlv(buf, pos)
-        out.append((tag, value))
-    return out
+    return tag, pos, pos + length
 
 
 def encode_oid(dotted: str) -> bytes:
@@ -99,21 +94,23 @@ OID_TCB_ITEM = {i: encode_oid(f"{_PREFIX}.2.{i}") for i in range(1, 19)}
 _OID_CONFIG_ITEM = {encode_oid(f"{_PREFIX}.7.{i}"): i for i in (1, 2, 3)}
 
 
-def _pairs(seq_value: bytes, what: str) -> dict[bytes, tuple[int, bytes]]:
+def _pairs(buf: bytes, start: int, end: int, what: str) -> dict[bytes, tuple[int, bytes]]:
     """SEQUENCE OF SEQUENCE { OID, value } into {oid DER bytes: (tag, value)}; duplicates are refused."""
     out: dict[bytes, tuple[int, bytes]] = {}
-    for tag, value in _elements(seq_value):
+    pos = start
+    while pos < end:
+        tag, vstart, vend = _tlv(buf, pos, end)
+        pos = vend
         if tag != TAG_SEQUENCE:
             raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
-        inner = _elements(value)
-        if len(inner) != 2 or inner[0][0] != TAG_OID:
+        otag, ostart, oend = _tlv(buf, vstart, vend)
+        itag, istart, iend = _tlv(buf, oend, vend)
+        if otag != TAG_OID or oend == ostart or buf[oend - 1] & 0x80 or iend != vend:
             raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
-        oid = inner[0][1]
-        if not oid or oid[-1] & 0x80:
-            raise _fail(f"{what}: malformed OID")
+        oid = buf[ostart:oend]
         if oid in out:
             raise _fail(f"{what}: duplicate OID {oid.hex()}")
-        out[oid] = inner[1]
+        out[oid] = (itag, buf[istart:iend])
     return out
 
 
@@ -166,10 +163,10 @@ def ca_type_of(issuer: x509.Name) -> str:
 
 def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
     """Parse the value of the SGX extension (the DER SEQUENCE) into a :class:`PckIdentity`."""
-    tag, body, end = _tlv(der, 0)
+    tag, start, end = _tlv(der, 0, len(der))
     if tag != TAG_SEQUENCE or end != len(der):
         raise _fail("not a single SEQUENCE")
-    top = _pairs(body, "extension")
+    top = _pairs(der, start, end, "extension")
     for required in (OID_PPID, OID_TCB, OID_PCEID, OID_FMSPC, OID_SGX_TYPE):
         if required not in top:
             raise _fail(f"missing required element {required.hex()}")
@@ -181,7 +178,7 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
     tcb_tag, tcb_value = top[OID_TCB]
     if tcb_tag != TAG_SEQUENCE:
         raise _fail("TCB must be a SEQUENCE")
-    tcb = _pairs(tcb_value, "TCB")
+    tcb = _pairs(tcb_value, 0, len(tcb_value), "TCB")
     comps = []
     for i in range(1, 17):
         item = tcb.get(OID_TCB_ITEM[i])
@@ -202,7 +199,7 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
         cfg_tag, cfg_value = top[OID_CONFIGURATION]
         if cfg_tag != TAG_SEQUENCE:
             raise _fail("Configuration must be a SEQUENCE")
-        for oid, (btag, bval) in _pairs(cfg_value, "Configuration").items():
+        for oid, (btag, bval) in _pairs(cfg_value, 0, len(cfg_value), "Configuration").items():
             if btag != TAG_BOOLEAN or len(bval) != 1:
                 raise _fail(f"Configuration element {oid.hex()} must be a BOOLEAN")
             if oid in _OID_CONFIG_ITEM:

@@ -417,6 +417,9 @@ class Verifier:
                 raise CollateralSignatureInvalid(f"{what} does not end in the trusted root")
             if not self._issued_by_anchor(signer):
                 raise CollateralSignatureInvalid(f"{what}: signing certificate is not signed by the root")
+            # Role separation: the root also signs the PCK CAs, which must not be able to sign collateral.
+            if "SGX TCB Signing" not in _cn(signer.subject):
+                raise CollateralSignatureInvalid(f"{what}: the signer is not an SGX TCB Signing certificate")
             return signer, _p256_key(signer, what, CollateralSignatureInvalid)
 
         return self._chain_cache.get_or_make(pem, make)
@@ -472,13 +475,9 @@ class Verifier:
 
     def _prepare_collateral_inner(self, c: Collateral) -> _PreparedCollateral:
         tcb_signer, tcb_key = self._signing_chain(c.tcb_info_issuer_chain, "TCB info issuer chain")
-        if "SGX TCB Signing" not in _cn(tcb_signer.subject):
-            raise CollateralSignatureInvalid("TCB info is not signed by an SGX TCB Signing certificate")
         if not _raw_sig_ok(tcb_key, c.tcb_info_signature, c.tcb_info):
             raise CollateralSignatureInvalid("TCB info signature is invalid")
         qe_signer, qe_key = self._signing_chain(c.qe_identity_issuer_chain, "QE identity issuer chain")
-        if "SGX TCB Signing" not in _cn(qe_signer.subject):
-            raise CollateralSignatureInvalid("QE identity is not signed by an SGX TCB Signing certificate")
         if not _raw_sig_ok(qe_key, c.qe_identity_signature, c.qe_identity):
             raise CollateralSignatureInvalid("QE identity signature is invalid")
         tcb_info = parse_tcb_info(c.tcb_info)

@@ -13,7 +13,11 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that contribute subcommands, in help order.
-COMMAND_MODULES = ("sealing_key_provider.dcap.cli", "sealing_key_provider.collateral.cli")
+COMMAND_MODULES = (
+    "sealing_key_provider.dcap.cli",
+    "sealing_key_provider.collateral.cli",
+    "sealing_key_provider.sim.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,335 @@
+"""The request flow: one TD quote in, one sealed key and provider quote out (DESIGN.md steps 1-8).
+
+This module holds the flow and nothing else. It talks to the edges through small interfaces: an
+:class:`~.platform.SgxPlatform` (own quote, sealing key), a :class:`~.collateral.CollateralSource`, a
+clock. Both protocols (legacy TCP, HTTP v1) call :meth:`Provider.handle`; they differ only in the
+scheme they ask for and the report-data binding of the response.
+
+Every decision is written to the ``sealing_key_provider.audit`` logger: granted or denied, the code,
+a digest of the TD's measurements, key name and version, TCB status. Never key material.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from cryptography import x509
+
+from . import __version__
+from .binding import RequestContext, report_data_legacy, report_data_v1
+from .collateral.source import CollateralSource, for_quote
+from .dcap import PckIdentity, Quote, TdReport, TeeType, Verifier, parse_quote
+from .dcap.abi import MAX_QUOTE_SIZE
+from .dcap.pck import pck_identity
+from .errors import (
+    FreshnessError,
+    PlatformError,
+    PlatformMismatch,
+    PolicyDenied,
+    ProviderError,
+    RequestTooLarge,
+    UnsupportedQuote,
+)
+from .freshness import FreshnessTokens
+from .keys import (
+    DEFAULT_KEY_NAME,
+    DEFAULT_KEY_VERSION,
+    LEGACY_SCHEME,
+    SchemeRegistry,
+    recipient_key_from_report_data,
+    seal,
+    validate_key_name,
+    validate_key_version,
+)
+from .platform import SgxPlatform
+from .policy import Policy
+
+log = logging.getLogger("sealing_key_provider.provider")
+audit = logging.getLogger("sealing_key_provider.audit")
+
+#: The TCB status reported for a quote that development mode did not verify.
+UNVERIFIED: Final = "Unverified"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequest:
+    """A key request as both protocols deliver it. ``legacy`` selects the original's exact behaviour."""
+
+    quote: bytes = field(repr=False)
+    scheme: str | None = None
+    key_name: str = DEFAULT_KEY_NAME
+    key_version: int = DEFAULT_KEY_VERSION
+    #: A freshness token from ``/v1/nonce``; the TD put SHA-256 of it in report_data[32:64].
+    nonce: bytes | None = None
+    legacy: bool = False
+    #: Who asked (address), for the audit log only.
+    peer: str = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResponse:
+    """The answer, and what was applied to produce it (the v1 API reports all of it)."""
+
+    encrypted_key: bytes
+    provider_quote: bytes = field(repr=False)
+    scheme: str
+    measurements: tuple[str, ...]
+    key_name: str
+    key_version: int
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    dev_mode: bool
+    #: Seconds spent generating the provider quote (exported as a metric).
+    quote_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderIdentity:
+    """Who this provider is, read once at start-up from its own quote (served by ``/v1/info``)."""
+
+    mrenclave: bytes
+    mrsigner: bytes
+    isvprodid: int
+    isvsvn: int
+    debug: bool
+    pck: PckIdentity
+    qe_id: bytes
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "mrenclave": self.mrenclave.hex(),
+            "mrsigner": self.mrsigner.hex(),
+            "isvprodid": self.isvprodid,
+            "isvsvn": self.isvsvn,
+            "debug": self.debug,
+            "ppid": self.pck.ppid.hex(),
+            "fmspc": self.pck.fmspc.hex().upper(),
+            "pce_id": self.pck.pce_id.hex(),
+            "ca_type": self.pck.ca_type,
+            "qe_id": self.qe_id.hex(),
+        }
+
+
+def identity_from_quote(own_quote: bytes) -> ProviderIdentity:
+    """Parse the provider's own SGX quote for its enclave identity and the platform's PCK identity."""
+    q = parse_quote(own_quote)
+    if q.header.tee_type != TeeType.SGX:
+        raise PlatformError("the platform returned a TDX quote for the provider enclave; expected SGX")
+    report = q.enclave_report
+    try:
+        leaf = x509.load_pem_x509_certificates(q.pck_chain_pem)[0]
+    except (ValueError, IndexError) as e:
+        raise PlatformError(f"the provider's own quote carries no readable PCK certificate: {e}") from e
+    return ProviderIdentity(
+        mrenclave=report.mrenclave,
+        mrsigner=report.mrsigner,
+        isvprodid=report.isvprodid,
+        isvsvn=report.isvsvn,
+        debug=report.debug,
+        pck=pck_identity(leaf),
+        qe_id=q.header.qe_id,
+    )
+
+
+def measurement_digest(td: TdReport) -> str:
+    """A short, non-secret fingerprint of the TD image for logs: SHA-256(MRTD || RTMR0..3), 16 hex."""
+    return hashlib.sha256(td.mrtd + td.rtmr0 + td.rtmr1 + td.rtmr2 + td.rtmr3).hexdigest()[:16]
+
+
+class Provider:
+    """The stateless key provider. Thread-safe: every field is immutable after construction."""
+
+    def __init__(
+        self,
+        platform: SgxPlatform,
+        collateral: CollateralSource,
+        verifier: Verifier,
+        policy: Policy,
+        schemes: SchemeRegistry,
+        *,
+        clock: Callable[[], float] = time.time,
+        dev_mode: bool = False,
+    ) -> None:
+        self._platform = platform
+        self._collateral = collateral
+        self._verifier = verifier
+        self.policy = policy
+        self.schemes = schemes
+        self._clock = clock
+        self.dev_mode = dev_mode
+        self.policy_digest = policy.digest()
+        # The provider's PCK identity comes from its own quote, once: one quote generation per request.
+        self.identity = identity_from_quote(platform.quote(bytes(64)))
+        # Read once: a per-request read would add I/O on the hot path and the key cannot change while
+        # the enclave runs (same MRENCLAVE, same CPUSVN until a reboot).
+        self._sealing_key = platform.sealing_key()
+        self.freshness = FreshnessTokens.from_sealing_key(
+            self._sealing_key, window_seconds=policy.freshness_window_seconds
+        )
+        if dev_mode:
+            log.warning(
+                "DEVELOPMENT MODE: TD quotes are NOT verified and the same-platform check is skipped; "
+                "never use this build in production"
+            )
+
+    # --- the flow ---------------------------------------------------------------------------------
+
+    def handle(self, request: KeyRequest) -> KeyResponse:
+        """Run the whole flow for one request; raise a :class:`ProviderError` with a code on refusal."""
+        td: TdReport | None = None
+        try:
+            response, td = self._handle(request)
+        except ProviderError as e:
+            audit.info(
+                "denied code=%s peer=%s td=%s key_name=%r key_version=%s legacy=%s reason=%s",
+                e.code,
+                request.peer,
+                measurement_digest(td) if td is not None else _peek_digest(request.quote),
+                request.key_name,
+                request.key_version,
+                request.legacy,
+                e.message,
+            )
+            raise
+        audit.info(
+            "granted peer=%s td=%s scheme=%s key_name=%r key_version=%s tcb_status=%s advisories=%s dev_mode=%s",
+            request.peer,
+            measurement_digest(td),
+            response.scheme,
+            response.key_name,
+            response.key_version,
+            response.tcb_status,
+            ",".join(response.advisory_ids) or "-",
+            response.dev_mode,
+        )
+        return response
+
+    def _handle(self, request: KeyRequest) -> tuple[KeyResponse, TdReport]:
+        # 1. Bound and parse.
+        if len(request.quote) > MAX_QUOTE_SIZE:
+            raise RequestTooLarge(
+                f"quote is {len(request.quote)} bytes; at most {MAX_QUOTE_SIZE} are accepted"
+            )
+        quote = parse_quote(request.quote)
+        if not quote.is_tdx:
+            raise UnsupportedQuote("the provider serves TDX quotes (v4 or v5); this is an SGX quote")
+        td = quote.td_report
+        scheme = LEGACY_SCHEME if request.legacy else self.schemes.get(request.scheme).name
+        key_name = validate_key_name(request.key_name)
+        key_version = validate_key_version(request.key_version)
+        if request.legacy and (request.scheme not in (None, LEGACY_SCHEME)):
+            raise PolicyDenied("the legacy protocol always uses the legacy-sha256 scheme")
+        now = self._clock()
+
+        # 2-4. Verify, apply policy, same platform (production only).
+        status: str = UNVERIFIED
+        advisories: tuple[str, ...] = ()
+        if self.dev_mode:
+            log.warning("DEVELOPMENT MODE: serving an UNVERIFIED TD quote (td=%s)", measurement_digest(td))
+        else:
+            status, advisories = self._verify(quote, key_name, int(now))
+        if self.policy.freshness_required or request.nonce is not None:
+            if request.nonce is None:
+                raise FreshnessError("this provider requires a freshness token: GET /v1/nonce first")
+            self.freshness.verify_bound(request.nonce, td.report_data, now)
+
+        # 5-6. Derive, then seal to the TD's key (validated before any key is derived).
+        recipient = recipient_key_from_report_data(td.report_data)
+        derived = self.schemes.derive(
+            self._sealing_key, td, scheme=scheme, key_name=key_name, key_version=key_version
+        )
+        encrypted_key = seal(derived.key, recipient)
+
+        # 7. Bind the response in the provider's quote: one SGX quote generation per request.
+        if request.legacy:
+            report_data = report_data_legacy(encrypted_key)
+        else:
+            context = RequestContext.for_quote(
+                request.quote,
+                scheme=derived.scheme,
+                key_name=derived.key_name,
+                key_version=derived.key_version,
+                policy_digest=self.policy_digest,
+            )
+            report_data = report_data_v1(encrypted_key, context)
+        started = time.perf_counter()
+        provider_quote = self._platform.quote(report_data)
+        quote_seconds = time.perf_counter() - started
+
+        # 8. Answer with what was applied.
+        return (
+            KeyResponse(
+                encrypted_key=encrypted_key,
+                provider_quote=provider_quote,
+                scheme=derived.scheme,
+                measurements=derived.measurements,
+                key_name=derived.key_name,
+                key_version=derived.key_version,
+                tcb_status=status,
+                advisory_ids=advisories,
+                dev_mode=self.dev_mode,
+                quote_seconds=quote_seconds,
+            ),
+            td,
+        )
+
+    def _verify(self, quote: Quote, key_name: str, now: int) -> tuple[str, tuple[str, ...]]:
+        tee, fmspc, ca = for_quote(quote)
+        verified = self._verifier.verify(quote, self._collateral.get(tee, fmspc, ca), now)
+        self.policy.check(verified, key_name)
+        td = quote.td_report
+        if td.mrservicetd is not None and any(td.mrservicetd):
+            # A bound service TD (TDX 1.5) can act on this TD's behalf; keys are not released to it.
+            raise PolicyDenied("the TD is bound to a service TD (MRSERVICETD is not zero)")
+        mine = self.identity
+        if verified.pck.ppid != mine.pck.ppid or verified.pck.fmspc != mine.pck.fmspc:
+            raise PlatformMismatch(
+                "the TD runs on another platform: its PCK certificate has another PPID or FMSPC than the "
+                "provider's"
+            )
+        if quote.header.qe_id != mine.qe_id:
+            raise PlatformMismatch("the TD's quoting enclave has another QE ID than the provider's")
+        return verified.status.value, verified.advisory_ids
+
+    # --- the rest of the API ----------------------------------------------------------------------
+
+    def issue_nonce(self) -> tuple[bytes, int]:
+        """A freshness token and its expiry (Unix seconds)."""
+        now = self._clock()
+        return self.freshness.issue(now), int(now) + self.policy.freshness_window_seconds
+
+    def info(self) -> dict[str, object]:
+        return {
+            "version": __version__,
+            **self.identity.to_dict(),
+            "policy_digest": self.policy_digest.hex(),
+            "schemes": list(self.schemes.names),
+            "default_scheme": self.schemes.default,
+            "dev_mode": self.dev_mode,
+            "freshness_required": self.policy.freshness_required,
+        }
+
+    def readiness(self) -> dict[str, str]:
+        """Check that the provider can answer now: its own quote and the TD collateral source work.
+
+        Returns {check: "ok"} or raises the first failure (the HTTP layer turns it into 503).
+        """
+        identity_from_quote(self._platform.quote(bytes(64)))
+        if not self.dev_mode:
+            collateral = self._collateral.get("tdx", self.identity.pck.fmspc, self.identity.pck.ca_type)
+            del collateral
+        return {"own_quote": "ok", "collateral": "skipped (dev mode)" if self.dev_mode else "ok"}
+
+
+def _peek_digest(quote: bytes) -> str:
+    """The measurement digest of a request that failed before its quote was fully parsed, if any."""
+    try:
+        q = parse_quote(quote)
+        return measurement_digest(q.td_report)
+    except ProviderError:
+        return "-"

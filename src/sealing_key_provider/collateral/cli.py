@@ -15,14 +15,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..dcap.abi import parse_quote
 from ..dcap.collateral import Collateral
-from ..errors import ConfigError, ProviderError
+from ..errors import ProviderError
 from .pccs_client import DEFAULT_TIMEOUT, PccsClient
 from .pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog, parse_listen
 from .source import CollateralKey, bundle_json, for_quote
+
+if TYPE_CHECKING:
+    from ..sim import SimPlatform
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -126,9 +129,7 @@ def _cmd_pccs(args: argparse.Namespace) -> int:
         if args.collateral:
             catalog: StaticCatalog | RegeneratingCatalog = StaticCatalog.from_file(args.collateral)
         else:
-            if not args.state_dir:
-                raise ConfigError("sim pccs needs --state-dir (simulated platform) or --collateral FILE")
-            catalog = RegeneratingCatalog(_sim_factory(Path(args.state_dir)), time.time)
+            catalog = RegeneratingCatalog(_sim_factory(args.state_dir, args.scenario), time.time)
             catalog.entries()  # generate now, so a broken state directory fails at start-up
         server = PccsServer(catalog, host, port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except ProviderError as e:
@@ -137,34 +138,32 @@ def _cmd_pccs(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"error: cannot listen on {args.listen}: {e.strerror}", file=sys.stderr)
         return 1
-    # The URL on stdout lets scripts use --listen HOST:0 and learn the port.
-    print(server.url, flush=True)
-    server.serve_until_signalled()
+    # The URL on stdout, once serving, lets scripts use --listen HOST:0 and learn the port.
+    server.serve_until_signalled(on_ready=lambda: print(server.url, flush=True))
     return 0
 
 
 class _SimFactory:
     """Adapts the simulated platform to :class:`~.pccs_server.CollateralFactory`."""
 
-    def __init__(self, platform: Any) -> None:
+    def __init__(self, platform: SimPlatform, scenario: str) -> None:
         self._platform = platform
+        self._scenario = scenario
 
     def collateral(self, tee: str, now: int) -> Collateral:
-        result = self._platform.collateral(tee=tee, now=now)
-        if not isinstance(result, Collateral):
-            raise ConfigError("the simulated platform returned something that is not Collateral")
-        return result
+        return self._platform.collateral(tee, now=now, scenario=self._scenario)
 
 
-def _sim_factory(state_dir: Path) -> _SimFactory:
-    # Imported here: the simulator is an optional edge the collateral client never needs.
-    from ..sim import SimPlatform  # type: ignore[attr-defined,unused-ignore]
+def _sim_factory(state_dir: str | None, scenario: str) -> _SimFactory:
+    from ..sim import SimPlatform
 
-    return _SimFactory(SimPlatform.load(state_dir))
+    return _SimFactory(SimPlatform.load(state_dir), scenario)
 
 
 def add_pccs_parser(sim_subparsers: Any) -> None:
     """Add ``pccs`` under the ``sim`` command (called from ``sim/cli.py``)."""
+    from ..sim import Scenario
+
     pccs = sim_subparsers.add_parser(
         "pccs",
         help="serve collateral over the PCCS v4 HTTP API",
@@ -173,7 +172,15 @@ def add_pccs_parser(sim_subparsers: Any) -> None:
             "platform in --state-dir, or from a recorded collateral file (--collateral)."
         ),
     )
-    pccs.add_argument("--state-dir", metavar="DIR", help="simulated platform state directory")
+    pccs.add_argument(
+        "--state-dir", metavar="DIR", help="simulated platform state directory (default: sim's)"
+    )
+    pccs.add_argument(
+        "--scenario",
+        default=Scenario.UP_TO_DATE.value,
+        choices=[s.value for s in Scenario],
+        help="collateral situation of the simulated platform (default up-to-date)",
+    )
     pccs.add_argument(
         "--collateral", metavar="FILE", help="serve this collateral file instead of the simulator's"
     )

@@ -17,6 +17,7 @@ import logging
 import signal
 import socket
 import ssl
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -289,12 +290,22 @@ class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     catalog: Catalog
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up or fails the TLS handshake is routine: one log line, no traceback."""
+        error = sys.exc_info()[1]
+        log.info("connection from %s ended: %s", client_address, type(error).__name__ if error else "error")
+
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "sealing-key-provider-pccs"
     sys_version = ""
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes; without NODELAY, delayed ACKs add ~40 ms each.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _send(self, reply: _Reply) -> None:
         self.send_response(reply.status)
@@ -400,8 +411,12 @@ class PccsServer:
     ) -> None:
         self.stop()
 
-    def serve_until_signalled(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down cleanly (main thread only)."""
+    def serve_until_signalled(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM or SIGINT, then shut down cleanly (main thread only).
+
+        ``on_ready`` runs once the handlers are installed and the server is serving, so whoever waits
+        for it (a script reading the URL) can signal us without racing the handler installation.
+        """
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -412,6 +427,8 @@ class PccsServer:
         try:
             self.start()
             log.info("PCCS simulator listening on %s", self.url)
+            if on_ready is not None:
+                on_ready()
             while not stop.wait(1.0):
                 pass
         finally:

@@ -1,0 +1,251 @@
+"""CachingSource honours nextUpdate under an injected clock; FileSource reads corpus files and bundles."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from sealing_key_provider.collateral import CachingSource, CollateralKey, FileSource, collateral_next_update
+from sealing_key_provider.collateral.source import bundle_json
+from sealing_key_provider.dcap.collateral import Collateral, parse_enclave_identity, parse_tcb_info
+from sealing_key_provider.errors import CollateralMalformed, CollateralUnavailable
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcap"
+
+
+def _case(name: str) -> dict[str, Any]:
+    index = CORPUS / "INDEX.json"
+    if not index.is_file():
+        pytest.fail(f"DCAP corpus not found at {CORPUS} (expected shared/testdata/dcap next to the repo)")
+    for case in json.loads(index.read_text())["cases"]:
+        if case["name"] == name:
+            result: dict[str, Any] = case
+            return result
+    pytest.fail(f"corpus case {name} missing from INDEX.json")
+
+
+def _collateral(name: str) -> Collateral:
+    return Collateral.from_json((CORPUS / str(_case(name)["files"]["collateral"])).read_text())
+
+
+TDX = _collateral("tdx-v4-phala-1")
+SGX = _collateral("sgx-v3-phala-1")
+TDX_KEY = ("tdx", bytes.fromhex("B0C06F000000"), "platform")
+SGX_KEY = ("sgx", bytes.fromhex("00A067110000"), "processor")
+
+
+class FakeSource:
+    """Counts calls; answers from a dict, or raises what it is told to."""
+
+    def __init__(self, answers: dict[tuple[str, bytes, str], Collateral], delay: float = 0.0) -> None:
+        self.answers = answers
+        self.calls = 0
+        self.fail: Exception | None = None
+        self.delay = delay
+        self._lock = threading.Lock()
+
+    def get(self, tee: str, fmspc: bytes, ca: str) -> Collateral:
+        with self._lock:
+            self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        return self.answers[(tee, fmspc, ca)]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_next_update_is_the_earliest_of_all_four_documents() -> None:
+    expected = min(
+        parse_tcb_info(TDX.tcb_info).next_update,
+        parse_enclave_identity(TDX.qe_identity).next_update,
+        int(x509.load_der_x509_crl(TDX.pck_crl).next_update_utc.timestamp()),  # type: ignore[union-attr]
+        int(x509.load_der_x509_crl(TDX.root_ca_crl).next_update_utc.timestamp()),  # type: ignore[union-attr]
+    )
+    assert collateral_next_update(TDX) == expected
+    # INDEX.json's collateral_valid_until is that same earliest nextUpdate, computed independently.
+    assert _case("tdx-v4-phala-1")["collateral_valid_until"] == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(expected)
+    )
+
+
+def test_hits_until_next_update_then_refetches() -> None:
+    inner = FakeSource({TDX_KEY: TDX})
+    clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
+    cache = CachingSource(inner, clock, max_age=None)
+    expiry = collateral_next_update(TDX)
+
+    assert cache.get(*TDX_KEY) is TDX
+    assert cache.get(*TDX_KEY) is TDX
+    assert (inner.calls, cache.stats().hits, cache.stats().misses) == (1, 1, 1)
+
+    clock.now = expiry - 1
+    cache.get(*TDX_KEY)
+    assert inner.calls == 1
+
+    clock.now = expiry  # nextUpdate reached: the entry is gone
+    cache.get(*TDX_KEY)
+    assert inner.calls == 2
+    # Fetched collateral is already expired at this time: returned (the verifier will say so), not cached.
+    cache.get(*TDX_KEY)
+    assert inner.calls == 3
+    assert cache.stats().entries == 0
+
+
+def test_max_age_bounds_an_entry_even_before_next_update() -> None:
+    inner = FakeSource({TDX_KEY: TDX})
+    start = _case("tdx-v4-phala-1")["verify_unix_time"]
+    clock = Clock(start)
+    cache = CachingSource(inner, clock, max_age=3600)
+    cache.get(*TDX_KEY)
+    clock.now = start + 3599
+    cache.get(*TDX_KEY)
+    assert inner.calls == 1
+    clock.now = start + 3600
+    cache.get(*TDX_KEY)
+    assert inner.calls == 2
+
+
+def test_failures_are_not_cached_and_expired_entries_are_not_served() -> None:
+    inner = FakeSource({TDX_KEY: TDX})
+    clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
+    cache = CachingSource(inner, clock)
+    inner.fail = CollateralUnavailable("PCCS down")
+    with pytest.raises(CollateralUnavailable):
+        cache.get(*TDX_KEY)
+    with pytest.raises(CollateralUnavailable):
+        cache.get(*TDX_KEY)
+    assert (inner.calls, cache.stats().errors) == (2, 2)
+
+    inner.fail = None
+    cache.get(*TDX_KEY)
+    clock.now = collateral_next_update(TDX) + 10
+    inner.fail = CollateralUnavailable("PCCS down")
+    with pytest.raises(CollateralUnavailable):  # fail closed: no stale fallback
+        cache.get(*TDX_KEY)
+
+
+def test_unparseable_collateral_is_malformed_and_not_cached() -> None:
+    broken = Collateral.from_mapping({**TDX.to_dict(), "tcb_info": "{}"})
+    inner = FakeSource({TDX_KEY: broken})
+    cache = CachingSource(inner, Clock(0))
+    with pytest.raises(CollateralMalformed):
+        cache.get(*TDX_KEY)
+    assert cache.stats().entries == 0
+
+
+def test_keys_are_separate_and_size_is_bounded() -> None:
+    other_ca = ("tdx", TDX_KEY[1], "processor")
+    inner = FakeSource({TDX_KEY: TDX, SGX_KEY: SGX, other_ca: TDX})
+    clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
+    cache = CachingSource(inner, clock, max_entries=2)
+    cache.get(*TDX_KEY)
+    cache.get(*SGX_KEY)
+    cache.get(*TDX_KEY)  # TDX is now most recently used
+    cache.get(*other_ca)  # evicts SGX
+    assert cache.stats().entries == 2
+    calls = inner.calls
+    cache.get(*TDX_KEY)
+    assert inner.calls == calls
+    cache.get(*SGX_KEY)
+    assert inner.calls == calls + 1
+    cache.clear()
+    assert cache.stats().entries == 0
+
+
+def test_concurrent_misses_fetch_once() -> None:
+    inner = FakeSource({TDX_KEY: TDX}, delay=0.1)
+    cache = CachingSource(inner, Clock(_case("tdx-v4-phala-1")["verify_unix_time"]))
+    results: list[Collateral] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get(*TDX_KEY))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8 and all(r is TDX for r in results)
+    assert inner.calls == 1
+    assert cache.stats().hits == 7
+
+
+def test_invalid_keys_never_reach_the_inner_source() -> None:
+    inner = FakeSource({})
+    cache = CachingSource(inner, Clock(0))
+    with pytest.raises(CollateralUnavailable):
+        cache.get("tdx", b"\x00", "platform")
+    assert inner.calls == 0
+
+
+# --- FileSource ---------------------------------------------------------------------------------------
+
+
+def test_file_source_reads_the_corpus_shape_for_any_key() -> None:
+    path = CORPUS / str(_case("tdx-v4-phala-1")["files"]["collateral"])
+    source = FileSource(path)
+    assert source.get(*TDX_KEY) == TDX
+    assert source.get(*SGX_KEY) == TDX  # the operator's choice; the verifier checks FMSPC and TEE type
+
+
+def test_file_source_bundle_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.json"
+    path.write_text(bundle_json({CollateralKey(*TDX_KEY): TDX, CollateralKey(*SGX_KEY): SGX}))
+    source = FileSource(path)
+    assert source.get(*TDX_KEY) == TDX
+    assert source.get(*SGX_KEY) == SGX
+    with pytest.raises(CollateralUnavailable, match="no entry for tdx/B0C06F000000/processor"):
+        source.get("tdx", TDX_KEY[1], "processor")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "JSON object"),
+        ("{", "not valid JSON"),
+        ('{"format":"other"}', "unknown collateral bundle format"),
+        ('{"format":"sealing-key-provider/collateral-bundle/v1","entries":[]}', "non-empty"),
+        (
+            '{"format":"sealing-key-provider/collateral-bundle/v1","entries":[{"tee":"sev"}]}',
+            "'collateral' object",
+        ),
+        ('{"pck_crl": "00"}', "lacks field"),
+    ],
+)
+def test_file_source_refuses_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(CollateralMalformed, match=message):
+        FileSource(path)
+
+
+def test_file_source_bad_bundle_entries(tmp_path: Path) -> None:
+    entry = {"tee": "tdx", "fmspc": "B0C06F000000", "ca": "platform", "collateral": TDX.to_dict()}
+    fmt = "sealing-key-provider/collateral-bundle/v1"
+    for bad, message in [
+        ({**entry, "tee": "sev"}, "unknown TEE type"),
+        ({**entry, "fmspc": "zz"}, "not hex"),
+        ({**entry, "ca": 1}, "string fields"),
+    ]:
+        path = tmp_path / "b.json"
+        path.write_text(json.dumps({"format": fmt, "entries": [bad]}))
+        with pytest.raises(CollateralMalformed, match=message):
+            FileSource(path)
+    path.write_text(json.dumps({"format": fmt, "entries": [entry, entry]}))
+    with pytest.raises(CollateralMalformed, match="repeats"):
+        FileSource(path)
+
+
+def test_missing_file_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(CollateralUnavailable, match="cannot read"):
+        FileSource(tmp_path / "nope.json")

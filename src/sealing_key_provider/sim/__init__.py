@@ -32,6 +32,13 @@ Quote-side situations are options of the quote functions: ``debug=True`` (verifi
 says debug) and ``rogue_qe=True`` (QE_IDENTITY_MISMATCH). A second platform comes from
 ``SimPlatform.init(dir2, share_ca_with=p)``.
 
+A ``SimPlatform`` caches its derived keys, certificates and the two signed QE reports, so a quote
+costs one ECDSA signature and a sealing key one HMAC; it holds no mutable state beyond those caches
+and may be shared between threads. Collateral is generated on each call (four signatures).
+
+CLI: ``sealing-key-provider sim init|quote|collateral`` (``sim/cli.py``); ``sim pccs`` (PCCS v4 HTTP
+server over ``SimPlatform.load(dir).collateral(tee, now=...)``) is contributed by the collateral package.
+
 Defaults: state directory ``$XDG_DATA_HOME/sealing-key-provider/sim`` (or
 ``~/.local/share/sealing-key-provider/sim``); FMSPC ``90C06F000000``; TDX module 1.x
 (``tee_tcb_svn = 06 01 03 00..``); every simulated certificate is valid 2018-05-21 .. 2049-12-31 and

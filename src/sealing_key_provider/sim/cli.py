@@ -69,8 +69,12 @@ def _write_out(path: str, data: bytes) -> None:
     """Write an output file whole: to a temporary sibling first, then renamed into place."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ exactly as two real machines share Intel's CAs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import errno
 import hashlib
 import hmac
 import json
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -58,6 +59,7 @@ DEFAULT_MODULE_MINOR = {1: 6, 3: 3}
 SGX_QE_ISVSVN = 8
 TD_QE_ISVSVN = 4
 
+PCK_KEY_LABEL = "pck"
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
@@ -124,18 +126,7 @@ class PlatformState:
 
     @property
     def pck_key(self) -> ec.EllipticCurvePrivateKey:
-        return derive_p256_key(self.secret, "pck")
-
-    def pck_tcb(self) -> pki.PckTcb:
-        return pki.PckTcb(
-            ppid=self.ppid,
-            components=self.sgx_components,
-            pcesvn=self.pcesvn,
-            cpusvn=self.cpusvn,
-            pce_id=self.pce_id,
-            fmspc=self.fmspc,
-            platform_instance_id=self.platform_instance_id,
-        )
+        return derive_p256_key(self.secret, PCK_KEY_LABEL)
 
 
 def new_state(
@@ -149,31 +140,38 @@ def new_state(
     authority = authority or Authority.generate()
     secret = secrets.token_bytes(32)
     components = DEFAULT_SGX_COMPONENTS
-    tee_tcb_svn = bytes([DEFAULT_MODULE_MINOR[tdx_module_major], tdx_module_major, 3]) + bytes(13)
-    partial = PlatformState(
-        secret=secret,
+    tcb = pki.PckTcb(
         ppid=secrets.token_bytes(16),
-        qe_id=secrets.token_bytes(16),
-        fmspc=fmspc,
-        pce_id=DEFAULT_PCE_ID,
+        components=components,
+        pcesvn=DEFAULT_PCESVN,
         # Real CPUSVNs carry the SGX TCB components byte for byte on current parts.
         cpusvn=bytes(components),
-        pcesvn=DEFAULT_PCESVN,
-        sgx_components=components,
-        tee_tcb_svn=tee_tcb_svn,
+        pce_id=DEFAULT_PCE_ID,
+        fmspc=fmspc,
         platform_instance_id=secrets.token_bytes(16),
+    )
+    pck_cert = pki.pck_certificate(
+        derive_p256_key(secret, PCK_KEY_LABEL).public_key(),
+        authority.platform_ca_key,
+        x509.random_serial_number(),
+        tcb,
+    )
+    return PlatformState(
+        secret=secret,
+        ppid=tcb.ppid,
+        qe_id=secrets.token_bytes(16),
+        fmspc=tcb.fmspc,
+        pce_id=tcb.pce_id,
+        cpusvn=tcb.cpusvn,
+        pcesvn=tcb.pcesvn,
+        sgx_components=tcb.components,
+        tee_tcb_svn=bytes([DEFAULT_MODULE_MINOR[tdx_module_major], tdx_module_major, 3]) + bytes(13),
+        platform_instance_id=tcb.platform_instance_id,
         sgx_qe_isvsvn=SGX_QE_ISVSVN,
         td_qe_isvsvn=TD_QE_ISVSVN,
         authority=authority,
-        pck_cert=authority.root_cert,  # replaced below, once the PCK key can be derived
+        pck_cert=pck_cert,
     )
-    pck_cert = pki.pck_certificate(
-        partial.pck_key.public_key(),
-        authority.platform_ca_key,
-        x509.random_serial_number(),
-        partial.pck_tcb(),
-    )
-    return dataclasses.replace(partial, pck_cert=pck_cert)
 
 
 # --- serialisation -------------------------------------------------------------------------------
@@ -268,6 +266,13 @@ def _same_key(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, what: str
         raise _Invalid(f"{what} certificate does not belong to its stored key")
 
 
+def _issued(child: x509.Certificate, parent: x509.Certificate, what: str) -> None:
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        raise _Invalid(f"{what} certificate is not issued by its CA in this state") from None
+
+
 def from_json(text: str | bytes) -> PlatformState:
     """Parse and cross-check a state file; raises :class:`_Invalid` with a reason (never a secret)."""
     try:
@@ -292,6 +297,9 @@ def from_json(text: str | bytes) -> PlatformState:
     _same_key(authority.root_cert, authority.root_key, "root CA")
     _same_key(authority.platform_ca_cert, authority.platform_ca_key, "PCK Platform CA")
     _same_key(authority.tcb_signing_cert, authority.tcb_signing_key, "TCB signing")
+    _issued(authority.root_cert, authority.root_cert, "root CA")
+    _issued(authority.platform_ca_cert, authority.root_cert, "PCK Platform CA")
+    _issued(authority.tcb_signing_cert, authority.root_cert, "TCB signing")
     components = doc.get("sgx_tcb_components")
     if (
         not isinstance(components, list)
@@ -315,6 +323,7 @@ def from_json(text: str | bytes) -> PlatformState:
         authority=authority,
         pck_cert=_cert(doc, "pck_cert"),
     )
+    _issued(state.pck_cert, authority.platform_ca_cert, "PCK")
     if state.pck_cert.public_key() != state.pck_key.public_key():
         raise _Invalid("PCK certificate does not belong to this platform secret")
     try:
@@ -379,12 +388,22 @@ def _fsync_dir(directory: Path) -> None:
 def create_exclusive(directory: Path, name: str, data: bytes, mode: int = 0o600) -> bool:
     """Atomically create ``directory/name`` with ``data`` unless it exists; True if we created it."""
     tmp = _write_temp(directory, data, mode)
+    target = directory / name
     try:
-        os.link(tmp, directory / name)
+        os.link(tmp, target)
     except FileExistsError:
         return False
+    except OSError as e:
+        # File systems without hard links: fall back to rename, which is still all-or-nothing but
+        # lets a concurrent creator win the race silently (both then load the survivor).
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if target.exists():
+            return False
+        os.replace(tmp, target)
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     _fsync_dir(directory)
     return True
 

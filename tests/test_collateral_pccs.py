@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sealing_key_provider.collateral import PccsClient, for_quote
+from sealing_key_provider.collateral import CachingSource, FileSource, PccsClient, build_source, for_quote
 from sealing_key_provider.collateral.pccs_client import crl_to_der, decode_issuer_chain, normalise_base_url
 from sealing_key_provider.collateral.pccs_server import PccsServer, StaticCatalog, describe, parse_listen
 from sealing_key_provider.dcap.abi import parse_quote
@@ -205,6 +205,9 @@ def test_server_endpoints_headers_and_encodings(serve: Callable[..., str]) -> No
         assert h.get(base + "/rootcacrl", params={"x": "1"}).status_code == 400
         assert h.get(url + "/sgx/certification/v3/tcb").status_code == 404
         assert h.post(tdx + "/tcb").status_code == 405
+        head = h.head(base + "/rootcacrl")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(2 * len(c.root_ca_crl))
 
 
 def test_describe_reads_tee_fmspc_and_ca_from_the_documents() -> None:
@@ -535,3 +538,21 @@ def test_tls_verified_by_default_insecure_or_ca_bundle_for_self_signed(
         assert client.get(*args) == c
     with PccsClient(url, timeout=5, ca_bundle=cert) as client:
         assert client.get(*args) == c
+
+
+def test_build_source(serve: Callable[..., str]) -> None:
+    case = CASES["sgx-v3-phala-1"]
+    c = _collateral(case)
+    args = ("sgx", bytes.fromhex("00A067110000"), "processor")
+    now = float(case["verify_unix_time"])
+    source = build_source(clock=lambda: now, pccs_url=serve(c), timeout=5)
+    assert isinstance(source, CachingSource)
+    assert source.get(*args) == c
+    assert source.get(*args) == c
+    assert (source.stats().hits, source.stats().misses) == (1, 1)
+    from_file = build_source(clock=lambda: now, file=CORPUS / str(case["files"]["collateral"]))
+    assert isinstance(from_file, FileSource) and from_file.get(*args) == c
+    with pytest.raises(ConfigError):
+        build_source(clock=lambda: now)
+    with pytest.raises(ConfigError):
+        build_source(clock=lambda: now, pccs_url="http://x", file="f")

@@ -6,6 +6,7 @@ edge that fetches it. Everything a caller needs is re-exported here.
 
 from __future__ import annotations
 
+from .build import build_source
 from .cache import CacheStats, CachingSource, collateral_next_update
 from .pccs_client import PccsClient
 from .rawjson import extract_raw_value, split_signed_document
@@ -18,6 +19,7 @@ __all__ = [
     "CollateralSource",
     "FileSource",
     "PccsClient",
+    "build_source",
     "collateral_next_update",
     "extract_raw_value",
     "for_quote",

@@ -327,6 +327,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply = _error(500, "internal error")
         self._send(reply)
 
+    def do_HEAD(self) -> None:
+        self.do_GET()  # _send() leaves the body out for HEAD
+
     def _not_allowed(self) -> None:
         self._send(_error(405, "only GET is supported"))
 

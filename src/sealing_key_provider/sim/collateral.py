@@ -171,7 +171,7 @@ def _platform_levels(state: PlatformState, scenario: Scenario, tdx_info: bool) -
     sgx, pce = state.sgx_components, state.pcesvn
     # With a module major version in tee_tcb_svn[1], bytes 0..1 are judged by the module identity,
     # and Intel's levels carry the minor in byte 0 and 0 in byte 1; do the same.
-    tdx = _bump(tuple(state.tee_tcb_svn), 1, -255)
+    tdx = (state.tee_tcb_svn[0], 0, *state.tee_tcb_svn[2:])
     newer_sgx = _bump(sgx, 1, +1)
     newer = _Level(newer_sgx, min(pce + 1, 0xFFFF), _bump(tdx, 2, +1), "2025-11-12T00:00:00Z", "UpToDate", ())
     older = _Level(

@@ -25,7 +25,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +107,12 @@ class Authority:
 
 @dataclass(frozen=True, slots=True)
 class PlatformState:
-    """Everything that makes one simulated machine, as loaded and validated from ``platform.json``."""
+    """Everything that makes one simulated machine, as loaded and validated from ``platform.json``.
 
-    secret: bytes
+    The secret is kept out of ``repr`` so that a logged state never shows the "fused" key.
+    """
+
+    secret: bytes = field(repr=False)
     ppid: bytes
     qe_id: bytes
     fmspc: bytes

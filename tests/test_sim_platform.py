@@ -458,3 +458,11 @@ def test_sealing_key_survives_a_new_process(platform: SimPlatform) -> None:
         env={**os.environ},
     ).stdout.strip()
     assert out == platform.sealing_key(ENCLAVE).hex()
+
+
+def test_the_secret_never_shows_in_reprs(platform: SimPlatform) -> None:
+    secret_hex = json.loads((platform.state_dir / STATE_FILE).read_text())["platform_secret"]
+    from sealing_key_provider.sim.state import read_state
+
+    assert secret_hex not in repr(read_state(platform.state_dir))
+    assert secret_hex not in repr(platform)

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sealing_key_provider import keys
+from sealing_key_provider.dcap import parse_quote
 from sealing_key_provider.dcap.abi import TdReport, parse_td_report
 from sealing_key_provider.errors import (
     BadRequest,
@@ -49,6 +50,8 @@ from sealing_key_provider.keys import (
     validate_key_name,
     validate_key_version,
 )
+
+from .corpus import case
 
 SEALING_KEY = bytes(range(16))
 P = 2**255 - 19
@@ -522,3 +525,68 @@ def test_no_key_material_in_errors_or_logs(td: TdReport, caplog: pytest.LogCaptu
     for text in messages:
         for f in forbidden:
             assert f not in text
+
+
+# --- real TDX quotes from the corpus ------------------------------------------------------------
+
+# (case, legacy-sha256, hkdf-sha256-v1 default selection "default"/1), sealing key 00..0f.
+CORPUS_VECTORS = [
+    (
+        "tdx-v4-phala-1",
+        "b160cd1f0e0c632dcfeaba4943efb0c03d86228b831d7bd2aaca4ee56df54a99",
+        "2ee952192b462ea193c541ed6c5e26c3e48b9469de68f6618da0a092a0448039",
+    ),
+    (
+        "tdx-v4-phala-2",
+        "ae0a18bea73d84b65eafc9aac5d6de30205ea0d250789217b5d15f57caae2d69",
+        "d57bf2c3a7ad18eaec790058f346870b8c63421ee5ff929f1146df9067fc9bdc",
+    ),
+    (
+        "tdx-v5-phala-notcb",
+        "e27a77a7b3621e2022a80746f6f59ae6597357f96730c0d5cd0b8c18b3f05e54",
+        "f0391bf1116235753f59174089483165a091adb12ea7d4c77bc1ce794ed09d8e",
+    ),
+    (
+        "tdx-v4-dcaprs-1",
+        "3186811630d20c1a7e07df25ab72955180b9265724620351b84007968fe5a00f",
+        "daadde1531c16e1d5eb85c81b06e82ed7f0de51258346727bca440fb655f213f",
+    ),
+    (
+        "tdx-v4-gotdx-cos113",
+        "45356b4ed88930e26f11b883533725f4b108cc172bdb1305fa26fb43d09cb2ff",
+        "9607c0f25f86cb545f62db8083ba28ab11eb7fd260baf7284d0d368b027fe67c",
+    ),
+    (
+        "tdx-v5-gotdx-1",
+        "36921da6637b32d0726bc740b82bafe92c2c97c0e52339af275200a398012666",
+        "e0c9dd6dc5227856bc0d1721e050f77164a4fe1518442e92a405b65d57649bc0",
+    ),
+    (
+        "tdx-v4-gotdx-spr-notcb",
+        "b249918f676c67c852676a1fdb072ffb9260267600b0b620ff67aa0da82a827f",
+        "25a7bb3dc08a5e186c93c88e47b39c6d28c06ba7ef75e46267377295cd74651a",
+    ),
+    (
+        "tdx-v5-automata-alibaba",
+        "fcceee029e9b9cb1fd3fb087a7f32d4082f9e3eb62dca0f0a0170b77945f0dd7",
+        "d3f568eeac27b0a3c8fed36a70c316e6d1d6ba0ef1079e9bb23ee7aa7decf89d",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case_name", "legacy_hex", "hkdf_hex"), CORPUS_VECTORS)
+def test_real_quotes(case_name: str, legacy_hex: str, hkdf_hex: str) -> None:
+    c = case(case_name)
+    td = parse_quote(c.quote).td_report
+    # The original's byte offsets (seed spec section 10): body at 48 (v4) or 54 (v5).
+    b = 48 if c.quote[0] == 4 else 54
+    original = hashlib.sha256(SEALING_KEY + c.quote[b + 136 : b + 184] + c.quote[b + 328 : b + 520]).digest()
+    # And from the measurements the corpus parsed independently.
+    m = c.meta["measurements"]
+    from_index = legacy_kdf(
+        SEALING_KEY, bytes.fromhex("".join(m[k] for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")))
+    )
+    legacy = LegacySha256().derive(SEALING_KEY, td, "default", 1).key
+    assert legacy == original == from_index
+    assert legacy.hex() == legacy_hex
+    assert HkdfSha256V1().derive(SEALING_KEY, td, "default", 1).key.hex() == hkdf_hex

@@ -19,7 +19,7 @@ from sealing_key_provider.dcap.abi import (
     parse_enclave_report,
     parse_td_report,
 )
-from sealing_key_provider.dcap.verify import TcbStatus, VerifiedQuote
+from sealing_key_provider.dcap.verify import TcbStatus, VerifiedQuote, Verifier
 from sealing_key_provider.errors import (
     AdvisoryDenied,
     ConfigError,
@@ -36,6 +36,7 @@ from sealing_key_provider.policy import (
     key_name_matches,
     validate_key_pattern,
 )
+from sealing_key_provider.sim import Scenario, SimPlatform
 
 OFFSETS = {
     "mrtd": 136,
@@ -395,3 +396,62 @@ def test_digest_deterministic_and_roundtrips(statuses: set[str], advisories: set
     p = Policy.from_mapping(data)
     q = Policy.from_mapping({**data, "accepted_tcb_statuses": list(reversed(list(statuses)))})
     assert p.digest() == q.digest() == Policy.from_mapping(p.to_mapping()).digest()
+
+
+# --- properties of key-name matching ------------------------------------------------------------
+
+_SEG = st.text(alphabet="ab.-_09", min_size=1, max_size=4).filter(lambda s: s not in (".", ".."))
+_NAME = st.lists(_SEG, min_size=1, max_size=5).map("/".join)
+
+
+@given(_NAME)
+def test_name_matches_itself_and_globstar(name: str) -> None:
+    assert key_name_matches(name, name)
+    assert key_name_matches("**", name)
+    assert key_name_matches("/".join("*" for _ in name.split("/")), name)
+
+
+@given(_NAME, _NAME)
+def test_prefix_globstar(prefix: str, rest: str) -> None:
+    assert key_name_matches(prefix + "/**", prefix + "/" + rest)
+    assert key_name_matches(prefix + "/**", prefix)
+    assert not key_name_matches(prefix + "/*", prefix)
+    assert not key_name_matches(prefix, prefix + "/" + rest)
+
+
+# --- with the real verifier on the simulated platform --------------------------------------------
+
+SIM_NOW = 1_780_000_000
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
+    return SimPlatform.init(tmp_path_factory.mktemp("policy-sim"))
+
+
+def sim_verified(sim: SimPlatform, scenario: Scenario = Scenario.UP_TO_DATE, **kw: object) -> VerifiedQuote:
+    quote = sim.tdx_quote(report_data=bytes(64), mrtd=m("sim mrtd"), **kw)  # type: ignore[arg-type]
+    collateral = sim.collateral("tdx", now=SIM_NOW, scenario=scenario)
+    return Verifier(trust_anchor=sim.root_certificate).verify(quote, collateral, SIM_NOW)
+
+
+def test_real_verifier_results(sim: SimPlatform) -> None:
+    Policy().check(sim_verified(sim), "app")
+    with pytest.raises(TcbStatusRejected, match="'OutOfDate'"):
+        Policy().check(sim_verified(sim, Scenario.OUT_OF_DATE), "app")
+    with pytest.raises(TdDebug):
+        Policy().check(sim_verified(sim, debug=True), "app")
+    Policy(allow_debug_td=True).check(sim_verified(sim, debug=True), "app")
+    pinned = Policy.from_mapping({"allowed_mrtd": [m("sim mrtd").hex()], "key_names": {"*": ["app/**"]}})
+    pinned.check(sim_verified(sim), "app/x")
+    with pytest.raises(PolicyDenied):
+        pinned.check(sim_verified(sim), "other")
+
+
+def test_real_verifier_advisories(sim: SimPlatform) -> None:
+    result = sim_verified(sim, Scenario.SW_HARDENING_NEEDED)
+    assert result.advisory_ids
+    Policy().check(result, "k")
+    deny = Policy.from_mapping({"denied_advisory_ids": [result.advisory_ids[0]]})
+    with pytest.raises(AdvisoryDenied, match=result.advisory_ids[0]):
+        deny.check(result, "k")

@@ -232,7 +232,12 @@ def test_sim_pccs_process_serves_recorded_collateral_and_stops_on_signal(sig: si
 
 
 def test_sim_pccs_bad_configuration_exits_1(tmp_path: Path) -> None:
-    for args in (["--state-dir", str(tmp_path / "none")], ["--collateral", str(tmp_path / "none.json")]):
+    collateral = str(_path(_case("tdx-v4-phala-1"), "collateral"))
+    for args in (
+        ["--state-dir", str(tmp_path / "none")],
+        ["--collateral", str(tmp_path / "none.json")],
+        ["--collateral", collateral, "--state-dir", str(tmp_path)],
+    ):
         proc = subprocess.run(
             [
                 sys.executable,

@@ -240,8 +240,10 @@ def test_base_url_normalisation() -> None:
     )
     assert normalise_base_url("http://h/prefix/tdx/certification/v4") == "http://h/prefix"
     for bad in ("ftp://h", "pccs:8081", "https://h/?x=1"):
-        with pytest.raises(CollateralUnavailable):
+        with pytest.raises(ConfigError):
             normalise_base_url(bad)
+    with pytest.raises(ConfigError, match="CA bundle"):
+        PccsClient("https://h", ca_bundle="/nonexistent/ca.pem")
 
 
 def test_issuer_chain_decoding_keeps_plus_signs() -> None:
@@ -250,8 +252,9 @@ def test_issuer_chain_decoding_keeps_plus_signs() -> None:
     assert decode_issuer_chain(quote(chain.decode(), safe=""), "t") == chain
     # Intel-style encoding that leaves '+' unescaped must decode the same way.
     assert decode_issuer_chain(quote(chain.decode(), safe="+/="), "t") == chain
-    with pytest.raises(CollateralMalformed):
-        decode_issuer_chain("not%20a%20chain", "t")
+    for bad in ("not%20a%20chain", "%ff%fe", "caf\u00e9"):
+        with pytest.raises(CollateralMalformed):
+            decode_issuer_chain(bad, "t")
     one_cert = chain[: chain.index(b"-----END CERTIFICATE-----") + 25].decode()
     with pytest.raises(CollateralMalformed, match="signing certificate and the root"):
         decode_issuer_chain(quote(one_cert, safe=""), "t")
@@ -529,11 +532,14 @@ def test_tls_verified_by_default_insecure_or_ca_bundle_for_self_signed(
     url = serve(c, tls_cert=cert, tls_key=key)
     assert url.startswith("https://127.0.0.1:")
     args = ("sgx", bytes.fromhex("00A067110000"), "processor")
+    start = time.monotonic()
     with (
         PccsClient(url, timeout=5) as client,
-        pytest.raises(CollateralUnavailable, match="/sgx/certification"),
+        pytest.raises(CollateralUnavailable, match="not trusted") as err,
     ):
         client.get(*args)
+    assert "/sgx/certification/v4/tcb" in err.value.message
+    assert time.monotonic() - start < 1  # not retried: retrying cannot fix trust
     with PccsClient(url, timeout=5, insecure=True) as client:
         assert client.get(*args) == c
     with PccsClient(url, timeout=5, ca_bundle=cert) as client:

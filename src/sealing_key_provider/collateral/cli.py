@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dcap.abi import parse_quote
 from ..dcap.collateral import Collateral
-from ..errors import ProviderError
+from ..errors import ConfigError, ProviderError
 from .pccs_client import DEFAULT_TIMEOUT, PccsClient
 from .pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog, parse_listen
 from .source import CollateralKey, bundle_json, for_quote
@@ -126,6 +126,8 @@ def _cmd_pccs(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         host, port = parse_listen(args.listen)
+        if args.collateral and args.state_dir:
+            raise ConfigError("give either --collateral or --state-dir, not both")
         if args.collateral:
             catalog: StaticCatalog | RegeneratingCatalog = StaticCatalog.from_file(args.collateral)
         else:

@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..dcap.collateral import Collateral
-from ..errors import CollateralMalformed, CollateralUnavailable
+from ..errors import CollateralMalformed, CollateralUnavailable, ConfigError
 from .rawjson import split_signed_document
 from .source import check_key
 
@@ -56,9 +56,9 @@ def normalise_base_url(url: str) -> str:
     """``https://host:8081`` from that or from a QCNL-style ``https://host:8081/sgx/certification/v4/``."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CollateralUnavailable(f"PCCS URL must be http(s)://host[:port], got {url!r}")
+        raise ConfigError(f"PCCS URL must be http(s)://host[:port], got {url!r}")
     if parts.query or parts.fragment:
-        raise CollateralUnavailable("PCCS URL must not carry a query or fragment")
+        raise ConfigError("PCCS URL must not carry a query or fragment")
     path = parts.path.rstrip("/")
     for suffix in _API_SUFFIXES:
         if path.endswith(suffix):
@@ -72,7 +72,10 @@ def decode_issuer_chain(value: str, what: str) -> bytes:
 
     ``unquote`` and not ``unquote_plus``: base64 uses '+', which must survive.
     """
-    pem = unquote(value, errors="strict").encode("ascii", "strict") if value.isascii() else b""
+    try:
+        pem = unquote(value, errors="strict").encode("ascii", "strict")
+    except UnicodeError as e:
+        raise CollateralMalformed(f"{what}: issuer chain header is not percent-encoded ASCII PEM") from e
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise CollateralMalformed(f"{what}: issuer chain header holds no PEM certificate")
     try:
@@ -163,7 +166,10 @@ class PccsClient:
             log.warning("TLS certificate verification is disabled for %s", self.base_url)
             verify = False
         elif ca_bundle is not None:
-            verify = ssl.create_default_context(cafile=str(ca_bundle))
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_bundle))
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"cannot load the PCCS CA bundle {ca_bundle}: {e}") from e
         else:
             verify = True
         self._client = httpx.Client(
@@ -230,6 +236,12 @@ class PccsClient:
                 raise CollateralUnavailable(f"GET {path}: timed out (budget {deadline.total:g} s)") from e
             except httpx.TransportError as e:
                 reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if "CERTIFICATE_VERIFY_FAILED" in reason:
+                    # Retrying cannot help; say what can.
+                    raise CollateralUnavailable(
+                        f"GET {path}: TLS certificate of the PCCS not trusted "
+                        "(give its CA bundle, or use insecure mode for a self-signed PCCS)"
+                    ) from e
             else:
                 if resp.status == 200:
                     return resp

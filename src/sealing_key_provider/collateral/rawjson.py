@@ -77,23 +77,21 @@ def _value_end(buf: bytes, pos: int) -> int:
     return pos
 
 
-def top_level_spans(body: bytes) -> dict[str, tuple[int, int]]:
-    """Map each top-level key of a JSON object to the (start, end) byte span of its value.
-
-    Raises :class:`CollateralMalformed` if the body is not a valid UTF-8 JSON object or repeats a key.
-    """
+def _scan(body: bytes) -> tuple[dict[str, tuple[int, int]], dict[str, Any]]:
+    """Spans of the top-level values and the parser's view of the same object."""
     try:
-        text = body.decode("utf-8")
-        json.loads(text)
+        parsed = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise CollateralMalformed(f"body is not valid UTF-8 JSON: {e}") from e
-    pos = _skip_ws(body, 0)
-    if pos >= len(body) or body[pos] != ord("{"):
+    if not isinstance(parsed, dict):
         raise CollateralMalformed("body is not a JSON object")
+    # From here on the body is known to be one valid JSON object, so indexing cannot run off the end
+    # and bracket counting cannot be fooled.
+    pos = _skip_ws(body, 0)
     pos = _skip_ws(body, pos + 1)
     spans: dict[str, tuple[int, int]] = {}
     if body[pos] == ord("}"):
-        return spans
+        return spans, parsed
     while True:
         if body[pos] != _QUOTE:
             raise CollateralMalformed("JSON object key expected")
@@ -117,7 +115,25 @@ def top_level_spans(body: bytes) -> dict[str, tuple[int, int]]:
         raise CollateralMalformed("',' or '}' expected in JSON object")
     if _skip_ws(body, pos + 1) != len(body):
         raise CollateralMalformed("trailing data after the JSON object")
-    return spans
+    return spans, parsed
+
+
+def top_level_spans(body: bytes) -> dict[str, tuple[int, int]]:
+    """Map each top-level key of a JSON object to the (start, end) byte span of its value.
+
+    Raises :class:`CollateralMalformed` if the body is not a valid UTF-8 JSON object or repeats a key.
+    """
+    return _scan(body)[0]
+
+
+def _value(body: bytes, spans: dict[str, tuple[int, int]], parsed: dict[str, Any], key: str) -> bytes:
+    if key not in spans:
+        raise CollateralMalformed(f"JSON object lacks top-level key {key!r}")
+    start, end = spans[key]
+    raw = body[start:end]
+    if json.loads(raw) != parsed[key]:
+        raise CollateralMalformed(f"could not isolate the exact value of {key!r}")
+    return raw
 
 
 def extract_raw_value(body: bytes, key: str) -> bytes:
@@ -126,15 +142,8 @@ def extract_raw_value(body: bytes, key: str) -> bytes:
     The slice is checked against the JSON parser's view of the same key, so a scanner bug can only
     ever cause a refusal, never a wrong slice.
     """
-    spans = top_level_spans(body)
-    if key not in spans:
-        raise CollateralMalformed(f"JSON object lacks top-level key {key!r}")
-    start, end = spans[key]
-    raw = body[start:end]
-    parsed: dict[str, Any] = json.loads(body)
-    if json.loads(raw) != parsed[key]:
-        raise CollateralMalformed(f"could not isolate the exact value of {key!r}")
-    return raw
+    spans, parsed = _scan(body)
+    return _value(body, spans, parsed, key)
 
 
 def split_signed_document(body: bytes, key: str) -> tuple[bytes, bytes]:
@@ -142,10 +151,12 @@ def split_signed_document(body: bytes, key: str) -> tuple[bytes, bytes]:
 
     The signed value must be a JSON object and the signature 64 bytes of hex, as Intel serves them.
     """
-    raw = extract_raw_value(body, key)
+    spans, parsed = _scan(body)
+    raw = _value(body, spans, parsed, key)
     if not raw.startswith(b"{"):
         raise CollateralMalformed(f"{key!r} must be a JSON object")
-    sig_hex = json.loads(extract_raw_value(body, "signature"))
+    _value(body, spans, parsed, "signature")
+    sig_hex = parsed["signature"]
     if not isinstance(sig_hex, str):
         raise CollateralMalformed("'signature' must be a hex string")
     try:

@@ -386,6 +386,34 @@ def test_slow_pccs_times_out_within_the_budget(scripted: Callable[..., _Scripted
     assert "/tdx/certification/v4/tcb" in err.value.message
 
 
+def test_trickling_pccs_is_cut_off_by_the_deadline(scripted: Callable[..., _Scripted]) -> None:
+    stop = threading.Event()
+
+    def trickle(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        try:
+            while not stop.wait(0.05):
+                h.wfile.write(b" ")
+        except OSError:
+            pass
+
+    server = scripted(trickle)
+    timeout = 0.5
+    start = time.monotonic()
+    try:
+        with (
+            PccsClient(server.url, timeout=timeout) as client,
+            pytest.raises(CollateralUnavailable, match="timed out"),
+        ):
+            client.get("tdx", bytes(6), "platform")
+    finally:
+        stop.set()
+    # Checked between reads: one read may outlast the deadline by at most the per-read timeout.
+    assert time.monotonic() - start < timeout + 0.5
+
+
 @pytest.mark.parametrize("declared", [True, False])
 def test_oversized_body_is_cut_off(scripted: Callable[..., _Scripted], declared: bool) -> None:
     chunk = b"x" * 65536

@@ -4,7 +4,8 @@ Why it looks the way it does:
 
 - One deadline per :meth:`PccsClient.get`: the provider answers a TD within bounded time, so the four
   documents, every retry and every backoff share ``timeout`` seconds. Each HTTP attempt only gets the
-  budget that is left.
+  budget that is left, and the deadline is checked between body reads; one blocking read waits at most
+  the budget left when its attempt began, so even a server trickling bytes is cut off in bounded time.
 - Retries only where they can help: connection errors, transport errors and 5xx, a few times with a
   small backoff. A 4xx (unknown FMSPC, bad parameter) is an answer, not an outage.
 - Bodies are read as a stream and abandoned as soon as they pass ``max_response_bytes``; compressed
@@ -135,7 +136,8 @@ class PccsClient:
     """A :class:`~.source.CollateralSource` over the PCS v4 API of a PCCS or of Intel PCS.
 
     Thread-safe: one pooled :class:`httpx.Client` serves concurrent ``get`` calls. Close it (or use it as
-    a context manager) to release connections.
+    a context manager) to release connections. Only explicit settings count: proxy variables and netrc
+    in the environment are ignored, so the process environment cannot redirect collateral fetches.
     """
 
     def __init__(
@@ -150,11 +152,11 @@ class PccsClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if timeout <= 0:
-            raise ValueError("timeout must be positive")
+            raise ConfigError("PCCS client: timeout must be positive")
         if retries < 0:
-            raise ValueError("retries must not be negative")
+            raise ConfigError("PCCS client: retries must not be negative")
         if max_response_bytes <= 0:
-            raise ValueError("max_response_bytes must be positive")
+            raise ConfigError("PCCS client: max_response_bytes must be positive")
         self.base_url = normalise_base_url(base_url)
         self.timeout = timeout
         self.retries = retries

@@ -288,7 +288,7 @@ def test_apply_overrides_does_not_mutate() -> None:
         ("server.http_listen=0.0.0.0:8080", ("server.http_listen", "0.0.0.0:8080")),
         ('logging.level="debug"', ("logging.level", "debug")),
         ("logging.level=debug", ("logging.level", "debug")),
-        (" collateral.file = /x/y.json", ("collateral.file", " /x/y.json")),
+        (" collateral.file = /x/y.json", ("collateral.file", "/x/y.json")),
     ],
 )
 def test_parse_override(text: str, expected: tuple[str, object]) -> None:

@@ -388,6 +388,12 @@ def test_derived_key_repr_hides_key(td: TdReport) -> None:
     out = HkdfSha256V1().derive(SEALING_KEY, td, "default", 1)
     assert out.key.hex() not in repr(out)
     assert repr(out.key) not in repr(out)
+    assert out.applied() == {
+        "scheme": "hkdf-sha256-v1",
+        "measurements": ["mrtd", "rtmr0", "rtmr1", "rtmr2"],
+        "key_name": "default",
+        "key_version": 1,
+    }
 
 
 # --- sealed box --------------------------------------------------------------------------------

@@ -383,5 +383,5 @@ def parse_override(text: str) -> tuple[str, object]:
     try:
         value: object = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw
+        value = raw.strip()
     return key, value

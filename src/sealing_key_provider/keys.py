@@ -155,6 +155,15 @@ class DerivedKey:
     key_name: str
     key_version: int
 
+    def applied(self) -> dict[str, object]:
+        """What was applied, for the API response and the audit log (everything but the key)."""
+        return {
+            "scheme": self.scheme,
+            "measurements": list(self.measurements),
+            "key_name": self.key_name,
+            "key_version": self.key_version,
+        }
+
 
 class KeyScheme(Protocol):
     """A named, frozen key derivation."""
@@ -367,6 +376,6 @@ def seal(message: bytes, recipient_public_key: bytes) -> bytes:
     pk = check_recipient_key(recipient_public_key)
     try:
         out: bytes = nacl.public.SealedBox(nacl.public.PublicKey(pk)).encrypt(message)
-    except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
+    except (nacl.exceptions.CryptoError, ValueError) as exc:
         raise PublicKeyInvalid(f"sealing to the recipient public key failed ({type(exc).__name__})") from None
     return out

@@ -377,6 +377,12 @@ def test_registry_configured_selection_and_default(td: TdReport) -> None:
     assert reg.get(HKDF_SCHEME).measurements == ("mrtd", "rtmr0")
 
 
+def test_registry_is_read_only() -> None:
+    reg = build_registry()
+    with pytest.raises(TypeError):
+        reg.schemes["evil"] = LegacySha256()  # type: ignore[index]
+
+
 def test_registry_consistency_checked() -> None:
     with pytest.raises(ValueError):
         SchemeRegistry({"other": LegacySha256()}, default="other")

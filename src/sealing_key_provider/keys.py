@@ -22,6 +22,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final, Protocol
 
 import nacl.exceptions
@@ -281,6 +282,7 @@ class SchemeRegistry:
     default: str = DEFAULT_SCHEME
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "schemes", MappingProxyType(dict(self.schemes)))  # truly read-only
         for name, scheme in self.schemes.items():
             if scheme.name != name:
                 raise ValueError(f"scheme registered as {name!r} calls itself {scheme.name!r}")

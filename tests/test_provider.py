@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import nacl.public
 import pytest
@@ -278,3 +279,20 @@ def test_audit_log_has_decisions_and_no_secrets(
         for form in (secret.hex(), secret.hex().upper(), repr(secret), secret.decode("latin-1")):
             assert form not in text
     assert key.hex() not in repr(resp) and repr(key) not in repr(resp)
+
+
+def test_foreign_fmspc_is_refused_before_any_collateral_fetch(sim: SimPlatform, tmp_path: Path) -> None:
+    other = SimPlatform.init(
+        tmp_path / "other-family", share_ca_with=sim, fmspc=bytes.fromhex("00806F050000")
+    )
+
+    asked: list[bytes] = []
+
+    class Recording(SimSource):
+        def get(self, tee: str, fmspc: bytes, ca: str) -> Collateral:
+            asked.append(fmspc)
+            return super().get(tee, fmspc, ca)
+
+    p = make_provider(sim, source=Recording(sim))
+    assert _code(p, KeyRequest(quote=Td(other).quote())) == "PLATFORM_MISMATCH"
+    assert all(f == sim.fmspc for f in asked)

@@ -280,13 +280,21 @@ class Provider:
 
     def _verify(self, quote: Quote, key_name: str, now: int) -> tuple[str, tuple[str, ...]]:
         tee, fmspc, ca = for_quote(quote)
+        mine = self.identity
+        # Same platform implies the provider's own FMSPC and CA. Checking that before fetching means
+        # every collateral lookup is for this platform: an unverified quote with a forged PCK leaf
+        # cannot make the provider query the PCCS for arbitrary FMSPCs (and the cache always hits).
+        if fmspc != mine.pck.fmspc or ca != mine.pck.ca_type:
+            raise PlatformMismatch(
+                f"the TD's PCK certificate names FMSPC {fmspc.hex().upper()} ({ca} CA); this platform is "
+                f"{mine.pck.fmspc.hex().upper()} ({mine.pck.ca_type} CA)"
+            )
         verified = self._verifier.verify(quote, self._collateral.get(tee, fmspc, ca), now)
         self.policy.check(verified, key_name)
         td = quote.td_report
         if td.mrservicetd is not None and any(td.mrservicetd):
             # A bound service TD (TDX 1.5) can act on this TD's behalf; keys are not released to it.
             raise PolicyDenied("the TD is bound to a service TD (MRSERVICETD is not zero)")
-        mine = self.identity
         if verified.pck.ppid != mine.pck.ppid or verified.pck.fmspc != mine.pck.fmspc:
             raise PlatformMismatch(
                 "the TD runs on another platform: its PCK certificate has another PPID or FMSPC than the "

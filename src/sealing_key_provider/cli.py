@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "sealing_key_provider.dcap.cli",
     "sealing_key_provider.collateral.cli",
     "sealing_key_provider.sim.cli",
+    "sealing_key_provider.server.cli",
 )
 
 

@@ -1,0 +1,272 @@
+"""Run both listeners (legacy TCP and HTTP v1) in one asyncio event loop, and stop them cleanly.
+
+uvicorn runs as a :class:`uvicorn.Server` inside our loop (not ``uvicorn.run``), on a socket we bind
+ourselves: binding errors are ours to report (uvicorn would ``sys.exit`` from inside a task), tests can
+bind port 0, and both protocols share one loop, one concurrency gate and one rate limiter. Signals are
+ours too: SIGTERM/SIGINT stop accepting, let in-flight requests finish within a grace period, and
+exit 0; a second signal stops at once. :class:`RestartRequired` (Gramine refuses attestation) stops
+at once with exit status 1, so the supervisor restarts the enclave, as the original did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import uvicorn
+
+from ..collateral import CachingSource, CollateralSource
+from ..config import Config, ServerConfig, parse_listen
+from ..errors import ConfigError, RestartRequired
+from ..provider import Provider
+from .http_api import create_app
+from .legacy import LegacyServer
+from .metrics import Metrics
+from .service import KeyService
+
+log = logging.getLogger("sealing_key_provider.server")
+
+#: Seconds uvicorn keeps an idle keep-alive connection (TD clients make one request per boot).
+KEEP_ALIVE: Final = 5
+#: Largest incomplete HTTP head (request line + headers) uvicorn's h11 parser buffers.
+MAX_HTTP_HEAD: Final = 16 * 1024
+
+
+def shutdown_grace(config: ServerConfig) -> float:
+    """Seconds in-flight requests get at shutdown: each of their phases (read, slot wait, write) is
+    bounded by ``io_timeout``, so two of those covers a request that has started."""
+    return 2 * config.io_timeout
+
+
+def bind(listen: str | tuple[str, int], what: str) -> socket.socket:
+    """A listening, non-blocking TCP socket for ``host:port`` (port 0: any free port, for tests)."""
+    host, port = parse_listen(listen, what) if isinstance(listen, str) else listen
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"{what}: cannot resolve {host!r}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"{what}: cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the process-wide ones belong to :class:`ProviderServer`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ProviderServer:
+    """The legacy and HTTP listeners around one :class:`Provider`. Use from one event loop."""
+
+    def __init__(
+        self, provider: Provider, config: Config, *, collateral: CollateralSource | None = None
+    ) -> None:
+        self.provider = provider
+        self.config = config.server
+        self.metrics = Metrics(collateral.stats if isinstance(collateral, CachingSource) else None)
+        self.service = KeyService(provider, self.config, self.metrics, on_fatal=self._on_fatal)
+        self.app = create_app(self.service)
+        self.legacy = LegacyServer(self.service)
+        self.exit_code = 0
+        self.legacy_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace = shutdown_grace(self.config)
+        self._uvicorn: _EmbeddedUvicorn | None = None
+        self._uvicorn_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        legacy_listen: str | tuple[str, int] | None = None,
+        http_listen: str | tuple[str, int] | None = None,
+    ) -> None:
+        """Bind and start the listeners (arguments override the configuration; "" disables one)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        legacy = self.config.legacy_listen if legacy_listen is None else legacy_listen
+        http = self.config.http_listen if http_listen is None else http_listen
+        if not legacy and not http:
+            raise ConfigError("server: both listeners are disabled")
+        legacy_sock = bind(legacy, "server.legacy_listen") if legacy else None
+        try:
+            http_sock = bind(http, "server.http_listen") if http else None
+        except ConfigError:
+            if legacy_sock is not None:
+                legacy_sock.close()
+            raise
+        if legacy_sock is not None:
+            await self.legacy.start(legacy_sock)
+            self.legacy_address = legacy_sock.getsockname()[:2]
+            log.info("listening on %s (legacy protocol)", _url("tcp", legacy_sock))
+        if http_sock is not None:
+            uv_config = uvicorn.Config(
+                self.app,
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                proxy_headers=False,
+                lifespan="off",
+                ws="none",
+                timeout_keep_alive=KEEP_ALIVE,
+                timeout_graceful_shutdown=int(self._grace) or 1,
+                limit_concurrency=self.config.max_connections,
+                h11_max_incomplete_event_size=MAX_HTTP_HEAD,
+            )
+            self._uvicorn = _EmbeddedUvicorn(uv_config)
+            self.http_address = http_sock.getsockname()[:2]
+            self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))
+            log.info("listening on %s (HTTP API v1)", _url("http", http_sock))
+
+    def request_stop(self, exit_code: int = 0, *, grace: float | None = None) -> None:
+        """Ask the server to stop (from the loop's thread); idempotent, a second call stops at once."""
+        if self._stop is None:
+            return
+        if self._stop.is_set():
+            self._grace = 0.0
+            if self._uvicorn is not None:
+                self._uvicorn.force_exit = True
+        else:
+            if grace is not None:
+                self._grace = grace
+            self._stop.set()
+        self.exit_code = max(self.exit_code, exit_code)
+
+    def request_stop_threadsafe(self, exit_code: int = 0) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.request_stop, exit_code)
+
+    def _on_fatal(self, error: RestartRequired) -> None:
+        del error  # already logged by the service
+        self.request_stop(1, grace=0.0)
+        self.request_stop(1)  # second call: no grace, uvicorn force-exits
+
+    async def wait_stopped(self) -> int:
+        """Wait for a stop request, shut down, and return the exit status."""
+        assert self._stop is not None, "start() first"
+        await self._stop.wait()
+        await self.shutdown()
+        return self.exit_code
+
+    async def shutdown(self) -> None:
+        grace = self._grace
+        log.info("shutting down grace_seconds=%s", grace)
+        self.legacy.stop_accepting()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+            if grace <= 0:
+                self._uvicorn.force_exit = True
+        await self.legacy.finish(grace)
+        if self._uvicorn_task is not None:
+            try:
+                async with asyncio.timeout(grace + 2.0):
+                    await self._uvicorn_task
+            except TimeoutError:
+                self._uvicorn_task.cancel()
+                log.warning("HTTP server did not stop in time; cancelled")
+        self.service.close()
+        log.info("stopped exit_code=%s", self.exit_code)
+
+    async def serve(self, *, install_signals: bool = True, on_ready: Callable[[], None] | None = None) -> int:
+        """Start, run until SIGTERM/SIGINT (or a fatal error), shut down; return the exit status."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        if on_ready is not None:
+            on_ready()
+        try:
+            return await self.wait_stopped()
+        finally:
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s; stopping", sig.name)
+        self.request_stop(0)
+
+
+class ServerThread:
+    """A :class:`ProviderServer` on its own event loop in a background thread (tests, demos, benches).
+
+    ``start()`` returns once both listeners accept connections; ``stop()`` shuts down gracefully and
+    returns the exit status.
+    """
+
+    def __init__(
+        self,
+        server: ProviderServer,
+        legacy_listen: str | tuple[str, int] | None = None,
+        http_listen: str | tuple[str, int] | None = None,
+    ) -> None:
+        self.server = server
+        self._listen = (legacy_listen, http_listen)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._run, name="skp-server", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            try:
+                await self.server.start(*self._listen)
+            except BaseException as e:
+                self._error = e
+                self._ready.set()
+                raise
+            self._ready.set()
+            self.exit_code = await self.server.wait_stopped()
+
+        with contextlib.suppress(Exception):
+            asyncio.run(main())
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("server did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        self.server.request_stop_threadsafe(0)
+        self._thread.join(timeout)
+        return self.exit_code
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the server to stop by itself (e.g. after a fatal error); its exit status or None."""
+        self._thread.join(timeout)
+        return None if self._thread.is_alive() else self.exit_code
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,175 @@
+"""``sealing-key-provider serve``: run the provider with both listeners.
+
+A TOML file (``--config``) holds everything; each flag is a dotted-key override applied before
+validation, so a flag can never produce a configuration the file could not (see :mod:`..config`).
+Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when start-up fails (the error code and
+message are logged) or when Gramine refuses attestation (``RESTART_REQUIRED``: the supervisor
+restarts the enclave), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+from ..config import LOG_FORMATS, LOG_LEVELS, Config, LoggingConfig, apply_overrides
+from ..errors import ConfigError, ProviderError, RestartRequired
+from .app import ProviderServer
+from .assembly import build_collateral, build_provider
+from .logs import configure_logging
+from .service import RESTART_MESSAGE
+
+log = logging.getLogger("sealing_key_provider.server")
+
+#: Present inside a Gramine enclave with DCAP attestation; decides ``--platform``'s default.
+GRAMINE_QUOTE_FILE: Final = Path("/dev/attestation/quote")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the key provider (legacy TCP and HTTP API v1)",
+        description=(
+            "Run the sealing key provider. Flags override the TOML configuration file. An empty listen "
+            "address disables that listener."
+        ),
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument(
+        "--platform",
+        choices=("gramine", "sim"),
+        help="SGX backend (default: gramine when /dev/attestation/quote exists, else sim)",
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="simulated platform state (platform.sim_state_dir)")
+    p.add_argument("--legacy-listen", metavar="HOST:PORT", help="legacy TCP listener (server.legacy_listen)")
+    p.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP API listener (server.http_listen)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--pccs-url", metavar="URL", help="PCCS or Intel PCS base URL (collateral.pccs_url)")
+    source.add_argument("--collateral", metavar="FILE", help="offline collateral file (collateral.file)")
+    p.add_argument(
+        "--trust-anchor",
+        metavar="PEM",
+        help="root CA other than the pinned Intel SGX Root CA, e.g. the simulator's (collateral.trust_anchor)",
+    )
+    p.add_argument(
+        "--dev-mode",
+        action="store_true",
+        help="DEVELOPMENT ONLY: skip TD quote verification and the same-platform check",
+    )
+    p.add_argument("--log-format", choices=LOG_FORMATS, help="human lines or JSON lines (logging.format)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="logging.level")
+    p.set_defaults(handler=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The dotted-key overrides the flags stand for (``None`` removes a key: back to its default)."""
+    out: dict[str, object] = {}
+    if args.platform is not None:
+        out["platform.kind"] = args.platform
+    if args.state_dir is not None:
+        out["platform.sim_state_dir"] = args.state_dir
+    if args.legacy_listen is not None:
+        out["server.legacy_listen"] = args.legacy_listen
+    if args.http_listen is not None:
+        out["server.http_listen"] = args.http_listen
+    if args.pccs_url is not None:
+        out["collateral.pccs_url"] = args.pccs_url
+        out["collateral.file"] = None
+    if args.collateral is not None:
+        out["collateral.file"] = args.collateral
+        out["collateral.pccs_url"] = None
+    if args.trust_anchor is not None:
+        out["collateral.trust_anchor"] = args.trust_anchor
+    if args.dev_mode:
+        out["dev_mode"] = True
+    if args.log_format is not None:
+        out["logging.format"] = args.log_format
+    if args.log_level is not None:
+        out["logging.level"] = args.log_level
+    return out
+
+
+def read_toml(path: str) -> dict[str, object]:
+    """The raw tables of a configuration file, with the same errors as :meth:`Config.load`."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path!r} is not valid TOML: {exc}") from None
+
+
+def load_config(args: argparse.Namespace) -> tuple[Config, str | None]:
+    """The configuration (file, then flags) and, when the platform was auto-detected, a line saying how.
+
+    Without ``platform.kind`` from the file or ``--platform``, the platform is Gramine inside an
+    enclave (``/dev/attestation/quote`` exists) and the simulator elsewhere; the simulator's state
+    directory defaults to the one ``sim init`` uses.
+    """
+    merged = apply_overrides(read_toml(args.config) if args.config else {}, overrides_from_args(args))
+    note = None
+    table = merged.get("platform", {})
+    if isinstance(table, Mapping):
+        if "kind" not in table:
+            kind = "gramine" if GRAMINE_QUOTE_FILE.exists() else "sim"
+            merged = apply_overrides(merged, {"platform.kind": kind})
+            note = (
+                f"platform: {kind} ({GRAMINE_QUOTE_FILE} "
+                f"{'exists' if kind == 'gramine' else 'does not exist'}; choose with --platform)"
+            )
+        table = merged.get("platform", {})
+        if isinstance(table, Mapping) and table.get("kind") == "sim" and not table.get("sim_state_dir"):
+            from ..sim import default_state_dir
+
+            merged = apply_overrides(merged, {"platform.sim_state_dir": str(default_state_dir())})
+    return Config.from_mapping(merged), note
+
+
+async def _serve(config: Config) -> int:
+    collateral = build_collateral(config)
+    provider = await asyncio.to_thread(build_provider, config, collateral=collateral)
+    server = ProviderServer(provider, config, collateral=collateral)
+    return await server.serve()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config, note = load_config(args)
+    except ProviderError as e:
+        configure_logging(LoggingConfig())
+        log.error("start-up failed code=%s reason=%s", e.code, e.message)
+        return 1
+    configure_logging(config.logging)
+    if note is not None:
+        log.info("%s", note)
+    if config.platform.kind == "sim" and config.collateral.trust_anchor is None and not config.dev_mode:
+        log.warning(
+            "simulated platform with the Intel root as trust anchor: TD quotes of the simulator will not "
+            "verify; pass --trust-anchor %s/root-ca.pem",
+            config.platform.sim_state_dir,
+        )
+    try:
+        return asyncio.run(_serve(config))
+    except RestartRequired as e:
+        log.critical(RESTART_MESSAGE, e.code, e.message)
+        return 1
+    except ConfigError as e:
+        log.error("start-up failed code=%s reason=%s", e.code, e.message)
+        return 1
+    except ProviderError as e:
+        log.error("start-up failed code=%s reason=%s", e.code, e.message)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        logging.shutdown()
+        sys.stderr.flush()

@@ -1,0 +1,103 @@
+"""Prometheus metrics for ``/metrics``, in a registry of our own.
+
+A private :class:`CollectorRegistry` (not prometheus-client's global one) keeps two providers in one
+process (the tests run several) from sharing or clashing counters, and keeps library-imported
+collectors out of our output. Labels are bounded sets: the protocol (``legacy``/``http``) and the
+outcome code (``OK`` or a stable error code), never addresses or measurements, so the series count
+cannot grow with traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..collateral.cache import CacheStats
+
+PROTOCOLS: Final = ("legacy", "http")
+OK: Final = "OK"
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Request latency buckets (seconds): a warm request is a few ms, a cold collateral fetch up to seconds.
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_QUOTE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class _CacheCollector(Collector):
+    """Collateral cache hits/misses, read from the cache's own counters at scrape time."""
+
+    def __init__(self, stats: Callable[[], CacheStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        hits = CounterMetricFamily(
+            "skp_collateral_cache_hits", "Collateral lookups answered from the in-memory cache."
+        )
+        hits.add_metric([], s.hits)
+        misses = CounterMetricFamily(
+            "skp_collateral_cache_misses", "Collateral lookups that went to the PCCS / PCS."
+        )
+        misses.add_metric([], s.misses)
+        errors = CounterMetricFamily(
+            "skp_collateral_fetch_errors", "Collateral fetches from the PCCS / PCS that failed."
+        )
+        errors.add_metric([], s.errors)
+        entries = GaugeMetricFamily("skp_collateral_cache_entries", "Collateral sets held in the cache.")
+        entries.add_metric([], s.entries)
+        yield from (hits, misses, errors, entries)
+
+
+class Metrics:
+    """Every metric the server exports; one instance per running server."""
+
+    def __init__(self, cache_stats: Callable[[], CacheStats] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "skp_requests",
+            "Key requests by protocol and outcome code (OK or the stable error code).",
+            ("protocol", "code"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "skp_request_duration_seconds",
+            "Time from a complete request to its answer, by protocol.",
+            ("protocol",),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.quote_generation = Histogram(
+            "skp_quote_generation_seconds",
+            "Time to generate the provider's own SGX quote for one response.",
+            buckets=_QUOTE_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "skp_requests_in_flight",
+            "Key requests being processed (holding a concurrency slot or waiting for one).",
+            registry=self.registry,
+        )
+        self.connections = Gauge(
+            "skp_legacy_connections",
+            "Open connections on the legacy TCP listener.",
+            registry=self.registry,
+        )
+        for protocol in PROTOCOLS:
+            self.requests.labels(protocol, OK)
+            self.latency.labels(protocol)
+        if cache_stats is not None:
+            self.registry.register(_CacheCollector(cache_stats))
+
+    def observe(self, protocol: str, code: str, seconds: float, quote_seconds: float | None = None) -> None:
+        """Count one finished key request (granted: ``code`` is ``OK``)."""
+        self.requests.labels(protocol, code).inc()
+        self.latency.labels(protocol).observe(seconds)
+        if quote_seconds is not None:
+            self.quote_generation.observe(quote_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "sealing_key_provider.collateral.cli",
     "sealing_key_provider.sim.cli",
     "sealing_key_provider.server.cli",
+    "sealing_key_provider.client.cli",
 )
 
 

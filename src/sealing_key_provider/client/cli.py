@@ -1,0 +1,343 @@
+"""``sealing-key-provider get-key``: fetch this TD's key from the provider, check it, and store it.
+
+The protocol follows from ``--provider``: an ``http://`` or ``https://`` URL speaks the HTTP API v1,
+``HOST:PORT`` the original's TCP protocol. The provider's identity must be pinned with
+``--expect-mrenclave`` and/or ``--expect-mrsigner``: a key from an enclave nobody named is worthless.
+
+The key goes to a new file created with mode 0600 (never over an existing file unless ``--force``,
+then by an atomic rename) or to stdout as hex. Exit codes: 0 the key was written; 1 a check failed or
+the provider refused (the message names the code, e.g. ``PROVIDER_IDENTITY_MISMATCH: ...``); 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..collateral.build import build_source
+from ..config import DEFAULT_PCCS_URL
+from ..dcap import Verifier
+from ..errors import ProviderError
+from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME
+from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
+from .sdk import KeyClient, ProviderKey, TdQuoter
+from .transport import DEFAULT_TIMEOUT, HttpTransport, LegacyTransport, Transport, parse_address
+from .trust import ProviderTrust
+
+PROG = "sealing-key-provider get-key"
+
+
+def _hex(size: int) -> Callable[[str], str]:
+    """Validate a hex argument of ``size`` bytes at parse time (a usage error, exit 2)."""
+
+    def parse(text: str) -> str:
+        text = text.strip().removeprefix("0x").lower()
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
+        if len(raw) != size:
+            raise argparse.ArgumentTypeError(f"must be {size} bytes ({2 * size} hex digits), got {len(raw)}")
+        return raw.hex()
+
+    return parse
+
+
+def _u16(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError("must be in 0..65535")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _usage(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _fail(error: ProviderError | OSError) -> int:
+    if isinstance(error, ProviderError):
+        print(f"{PROG}: {error}", file=sys.stderr)
+    else:
+        print(f"{PROG}: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+    return 1
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
+
+
+def write_key_file(path: str | Path, key: bytes, *, force: bool = False) -> None:
+    """Write ``key`` to a new file readable by its owner only (0600), then fsync.
+
+    Without ``force`` an existing path (even a dangling symlink) is refused: O_CREAT|O_EXCL never
+    follows or reuses it. With ``force`` the key is written to a fresh 0600 sibling and renamed over
+    the target, so the old file is replaced whole and its permissions do not carry over.
+    """
+    target = Path(path)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp") if force else target
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # umask can only clear bits; make the mode exact whatever it was
+            _write_all(fd, key)
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the file itself is synced
+    finally:
+        os.close(dir_fd)
+
+
+# --- wiring -----------------------------------------------------------------------------------------
+
+
+def _quote_source(args: argparse.Namespace) -> TdQuoter:
+    from .quote_source import (
+        DEFAULT_SIM_MRTD,
+        DEFAULT_SIM_RTMRS,
+        SimTdQuoteSource,
+        detect_quote_source,
+    )
+
+    if args.quote_source == "sim":
+        from ..sim import default_state_dir
+
+        rtmrs = [
+            bytes.fromhex(given) if given is not None else default
+            for given, default in zip(
+                (args.sim_rtmr0, args.sim_rtmr1, args.sim_rtmr2, args.sim_rtmr3),
+                DEFAULT_SIM_RTMRS,
+                strict=True,
+            )
+        ]
+        return SimTdQuoteSource.load(
+            args.sim_state_dir or default_state_dir(),
+            mrtd=bytes.fromhex(args.sim_mrtd) if args.sim_mrtd else DEFAULT_SIM_MRTD,
+            rtmrs=rtmrs,
+        )
+    return detect_quote_source()
+
+
+def _transport(args: argparse.Namespace) -> Transport:
+    if args.provider.startswith(("http://", "https://")):
+        return HttpTransport(args.provider, timeout=args.timeout)
+    return LegacyTransport(args.provider, timeout=args.timeout)
+
+
+def _check_usage(args: argparse.Namespace) -> str | None:
+    """The problems argparse cannot see; None when the arguments make sense together."""
+    if args.expect_mrenclave is None and args.expect_mrsigner is None:
+        return (
+            "pin the provider with --expect-mrenclave and/or --expect-mrsigner "
+            "(there is no trust on first use)"
+        )
+    if not args.provider.startswith(("http://", "https://")):
+        if "://" in args.provider:
+            return f"--provider must be an http(s):// URL or HOST:PORT, got {args.provider!r}"
+        try:
+            parse_address(args.provider)
+        except ValueError as e:
+            return f"--provider: {e}"
+        legacy_only = []
+        if args.key_name != DEFAULT_KEY_NAME:
+            legacy_only.append("--key-name")
+        if args.key_version != DEFAULT_KEY_VERSION:
+            legacy_only.append("--key-version")
+        if args.scheme not in (None, LEGACY_SCHEME):
+            legacy_only.append("--scheme")
+        if args.freshness:
+            legacy_only.append("--freshness")
+        if args.expect_policy_digest:
+            legacy_only.append("--expect-policy-digest")
+        if legacy_only:
+            return (
+                f"{', '.join(legacy_only)} need the HTTP API (--provider http://...); the legacy protocol "
+                f"serves only the default key with {LEGACY_SCHEME}"
+            )
+    sim_options = [
+        name
+        for name in ("sim_state_dir", "sim_mrtd", "sim_rtmr0", "sim_rtmr1", "sim_rtmr2", "sim_rtmr3")
+        if getattr(args, name) is not None
+    ]
+    if sim_options and args.quote_source != "sim":
+        return f"--{sim_options[0].replace('_', '-')} needs --quote-source sim"
+    if args.force and args.out is None:
+        return "--force applies to --out only"
+    return None
+
+
+def _trust(args: argparse.Namespace) -> ProviderTrust:
+    return ProviderTrust.from_hex(
+        mrenclave=args.expect_mrenclave,
+        mrsigner=args.expect_mrsigner,
+        isvprodid=args.expect_isvprodid,
+        min_isvsvn=args.min_isvsvn,
+        accepted_tcb_statuses=args.accept_tcb_status or DEFAULT_ACCEPTED_TCB_STATUSES,
+        expected_policy_digest=args.expect_policy_digest,
+    )
+
+
+def _cmd_get_key(args: argparse.Namespace) -> int:
+    problem = _check_usage(args)
+    if problem is not None:
+        return _usage(problem)
+    try:
+        trust = _trust(args)
+    except ValueError as e:
+        return _usage(str(e))
+    if args.out is not None and os.path.lexists(args.out) and not args.force:
+        return _fail(
+            FileExistsError(errno.EEXIST, "exists; refusing to overwrite it (use --force)", args.out)
+        )
+    try:
+        anchor = Path(args.trust_anchor).read_bytes() if args.trust_anchor else None
+        verifier = Verifier(trust_anchor=anchor)
+        collateral = build_source(
+            clock=time.time,
+            pccs_url=None if args.collateral else (args.pccs_url or DEFAULT_PCCS_URL),
+            file=args.collateral,
+            timeout=args.timeout,
+        )
+        quotes = _quote_source(args)
+        with KeyClient(_transport(args), trust, verifier, collateral, quotes) as client:
+            result: ProviderKey = client.fetch(
+                args.key_name, args.key_version, args.scheme, freshness=args.freshness
+            )
+        if args.out is not None:
+            write_key_file(args.out, result.key, force=args.force)
+        else:
+            sys.stdout.write(result.key.hex() + "\n")
+            sys.stdout.flush()
+    except ProviderError as e:
+        return _fail(e)
+    except OSError as e:
+        return _fail(e)
+    except ValueError as e:
+        return _usage(str(e))
+    where = f"to {args.out}" if args.out is not None else "to stdout"
+    print(
+        f"{PROG}: wrote the 32-byte key {where} (scheme {result.scheme}, key {result.key_name!r} "
+        f"version {result.key_version}; provider MRENCLAVE {result.provider_mrenclave.hex()}, "
+        f"platform TCB {result.provider_tcb_status})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``get-key`` to the top-level CLI (idempotent)."""
+    if "get-key" in subparsers.choices:
+        return
+    p = subparsers.add_parser(
+        "get-key",
+        help="get this TD's sealing key from the provider (checks the provider's quote first)",
+        description=(
+            "Request this TD's key from the provider, verify the provider's SGX quote (DCAP, pinned "
+            "identity, TCB status, response binding, same platform) and only then decrypt it. "
+            "Exit 0 ok, 1 a check failed or the provider refused, 2 usage."
+        ),
+    )
+    p.add_argument(
+        "--provider",
+        required=True,
+        metavar="URL|HOST:PORT",
+        help="http(s)://host:port for the HTTP API v1, or HOST:PORT for the legacy TCP protocol",
+    )
+    ident = p.add_argument_group("provider identity (at least one of MRENCLAVE/MRSIGNER is required)")
+    ident.add_argument("--expect-mrenclave", type=_hex(32), metavar="HEX", help="the provider's MRENCLAVE")
+    ident.add_argument("--expect-mrsigner", type=_hex(32), metavar="HEX", help="the provider's MRSIGNER")
+    ident.add_argument("--expect-isvprodid", type=_u16, metavar="N", help="the provider's ISVPRODID")
+    ident.add_argument("--min-isvsvn", type=_u16, metavar="N", help="lowest acceptable provider ISVSVN")
+    ident.add_argument(
+        "--accept-tcb-status",
+        action="append",
+        choices=sorted(KNOWN_TCB_STATUSES - {"Revoked"}),
+        metavar="STATUS",
+        help="a TCB status of the provider's platform to accept (repeatable; default: "
+        + ", ".join(sorted(DEFAULT_ACCEPTED_TCB_STATUSES))
+        + ")",
+    )
+    ident.add_argument(
+        "--expect-policy-digest", type=_hex(32), metavar="HEX", help="the provider's policy digest (v1)"
+    )
+    key = p.add_argument_group("key")
+    key.add_argument("--key-name", default=DEFAULT_KEY_NAME, help=f"key name (default {DEFAULT_KEY_NAME!r})")
+    key.add_argument(
+        "--key-version",
+        type=int,
+        default=DEFAULT_KEY_VERSION,
+        help=f"key version (default {DEFAULT_KEY_VERSION})",
+    )
+    key.add_argument("--scheme", help="derivation scheme (default: the provider's default, v1)")
+    key.add_argument("--freshness", action="store_true", help="bind a provider nonce into the TD quote (v1)")
+    verify = p.add_argument_group("verifying the provider's quote")
+    coll = verify.add_mutually_exclusive_group()
+    coll.add_argument(
+        "--pccs-url", metavar="URL", help=f"PCCS or Intel PCS for collateral (default {DEFAULT_PCCS_URL})"
+    )
+    coll.add_argument("--collateral", metavar="FILE", help="collateral file or bundle (offline)")
+    verify.add_argument(
+        "--trust-anchor",
+        metavar="PEM",
+        help="root CA to verify against instead of the pinned Intel SGX Root CA (e.g. the simulator's)",
+    )
+    source = p.add_argument_group("the TD's own quote")
+    source.add_argument(
+        "--quote-source",
+        choices=("configfs", "sim"),
+        default="configfs",
+        help="configfs-tsm in a TDX guest (default), or a simulated TD",
+    )
+    source.add_argument("--sim-state-dir", metavar="DIR", help="simulated platform state directory")
+    source.add_argument("--sim-mrtd", type=_hex(48), metavar="HEX", help="simulated TD's MRTD")
+    for i in range(4):
+        source.add_argument(f"--sim-rtmr{i}", type=_hex(48), metavar="HEX", help=f"simulated TD's RTMR{i}")
+    out = p.add_argument_group("output (exactly one)")
+    dest = out.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", metavar="FILE", help="write the key to a new file with mode 0600")
+    dest.add_argument("--hex", action="store_true", help="print the key as hex on stdout")
+    out.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument(
+        "--timeout", type=_positive, default=DEFAULT_TIMEOUT, metavar="S", help="network timeout in seconds"
+    )
+    p.set_defaults(handler=_cmd_get_key)

@@ -1,0 +1,564 @@
+"""The TD's own DCAP quote over 64 bytes of report data it chooses: the first step of every key request.
+
+Two sources implement :class:`QuoteSource`:
+
+- :class:`ConfigfsTsmQuoteSource`: the Linux TDX guest's configfs-tsm interface (kernel >= 6.7,
+  ``/sys/kernel/config/tsm/report``). The kernel gets a TDREPORT from the TDX module and has the
+  host's quote generation service turn it into a DCAP quote. This is the production source.
+- :class:`SimTdQuoteSource`: a TD on the simulated platform (:mod:`sealing_key_provider.sim`) with
+  measurements chosen by the caller, for development, tests and demos without TDX hardware.
+
+:func:`detect_quote_source` picks configfs-tsm when it exists and otherwise refuses: it never falls
+back to the simulator, because a simulated quote in production would only fail later, at the
+provider, with a less helpful error.
+
+configfs-tsm protocol (``shared/reference/tee-interfaces.md`` section 6.1). A report is a directory
+the caller creates under the root; the kernel fills it with ``inblob`` (write the 64-byte report
+data), ``outblob`` (read: the quote, generated on the first read after a write), ``provider``
+(``tdx_guest`` on TDX) and ``generation`` (incremented by every write to the entry). A write is only
+committed when the file is closed and its errors are not reported to the writer, and an entry may be
+shared, so the write's effect is checked the way Intel's libtdx_attest does it: the generation must
+move by exactly one across our write (else someone else wrote too, or our write was refused) and must
+not move while the quote is read (else the quote may be over someone else's report data). As a last,
+definitive check the quote's own REPORTDATA must equal what was written.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import struct
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+
+from ..dcap.abi import HEADER_SIZE, TD10_REPORT_SIZE, TD15_REPORT_SIZE, TEE_TYPE_TDX, BodyType
+from ..errors import BadRequest, ConfigError, PlatformError
+
+if TYPE_CHECKING:
+    from ..sim import SimPlatform
+
+log = logging.getLogger(__name__)
+
+REPORT_DATA_SIZE: Final = 64
+DEFAULT_TSM_ROOT: Final = "/sys/kernel/config/tsm/report"
+#: ``TSM_OUTBLOB_MAX`` in the kernel: an outblob larger than this cannot come from configfs-tsm.
+MAX_OUTBLOB_SIZE: Final = 32 * 1024
+#: The ``provider`` value of the TDX guest driver; any other provider (e.g. ``sev_guest``) makes
+#: reports that are not DCAP quotes.
+TDX_PROVIDER: Final = "tdx_guest"
+#: ``generation`` is a decimal counter and ``provider`` a short name; read a bounded amount of each.
+_SMALL_ATTRIBUTE_LIMIT: Final = 64
+_MEASUREMENT_SIZE: Final = 48
+#: Where a TD report body's REPORTDATA sits (after TEE_TCB_SVN, MRSEAM, ..., RTMR3), for 1.0 and 1.5.
+_TD_REPORT_DATA_OFFSET: Final = 520
+#: A v5 quote has a body descriptor (u16 type, u32 size) between the header and the body.
+_V5_BODY_DESCRIPTOR_SIZE: Final = 6
+
+#: errno values that mean "no TSM provider can serve this", not "this attempt failed".
+_UNAVAILABLE_ERRNOS: Final = frozenset(
+    {errno.ENXIO, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOTTY, errno.ENODEV}
+)
+_BUSY_ERRNOS: Final = frozenset({errno.EBUSY, errno.EAGAIN})
+#: What a configfs-tsm errno usually means for TDX, to make the error actionable.
+_ERRNO_HINTS: Final = {
+    errno.EINVAL: "the kernel rejected the request (report data must be exactly 64 bytes and written first)",
+    errno.EIO: "the TDX module or the host's quote generation service failed (GetQuote error)",
+    errno.ETIMEDOUT: "the host's quote generation service did not answer in time (is QGS running on the host?)",
+    errno.EINTR: "quote generation was interrupted by a signal",
+    errno.EFBIG: f"the report is larger than configfs-tsm's {MAX_OUTBLOB_SIZE}-byte limit",
+}
+
+
+class QuoteSourceUnavailable(PlatformError):
+    """No usable TDX quote source here: not a TDX guest, no configfs-tsm, wrong provider, no permission.
+
+    Retrying does not help; the machine or the process's privileges must change.
+    """
+
+    code = "QUOTE_SOURCE_UNAVAILABLE"
+
+
+class QuoteSourceBusy(PlatformError):
+    """Someone else used the report entry or the quote service at the same time; retrying may help."""
+
+    code = "QUOTE_SOURCE_BUSY"
+
+
+@runtime_checkable
+class QuoteSource(Protocol):
+    """Where the TD gets its own DCAP quote. Implementations are safe to call from threads."""
+
+    def quote(self, report_data: bytes) -> bytes:
+        """A DCAP TDX quote (v4 or v5) whose REPORTDATA is exactly ``report_data`` (64 bytes)."""
+        ...
+
+
+def check_report_data(report_data: bytes | bytearray) -> bytes:
+    """Report data is exactly 64 bytes; padding or truncating it would make the quote bind other data."""
+    if not isinstance(report_data, (bytes, bytearray)):
+        raise BadRequest(f"report data must be bytes, got {type(report_data).__name__}")
+    if len(report_data) != REPORT_DATA_SIZE:
+        raise BadRequest(f"report data must be exactly {REPORT_DATA_SIZE} bytes, got {len(report_data)}")
+    return bytes(report_data)
+
+
+def tdx_quote_report_data(quote: bytes) -> bytes | None:
+    """REPORTDATA of a v4/v5 TDX quote by fixed offsets, or ``None`` if ``quote`` is not shaped like one.
+
+    Deliberately shallow (header and body position only, no certification data): the source checks
+    that the quote binds what it wrote, and leaves judging the rest of the quote to the verifier.
+    """
+    if len(quote) < HEADER_SIZE:
+        return None
+    version, _key_type, tee_type = struct.unpack_from("<HHI", quote, 0)
+    if tee_type != TEE_TYPE_TDX:
+        return None
+    if version == 4:
+        body_start, body_size = HEADER_SIZE, TD10_REPORT_SIZE
+    elif version == 5:
+        if len(quote) < HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE:
+            return None
+        body_type, body_size = struct.unpack_from("<HI", quote, HEADER_SIZE)
+        expected = {int(BodyType.TD10): TD10_REPORT_SIZE, int(BodyType.TD15): TD15_REPORT_SIZE}.get(body_type)
+        if expected is None or body_size != expected:
+            return None
+        body_start = HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE
+    else:
+        return None
+    if len(quote) < body_start + body_size:
+        return None
+    start = body_start + _TD_REPORT_DATA_OFFSET
+    return quote[start : start + REPORT_DATA_SIZE]
+
+
+# --- configfs-tsm ------------------------------------------------------------------------------
+
+
+class _Fs(Protocol):
+    """The few filesystem operations configfs-tsm needs; a seam so tests can emulate the kernel.
+
+    Errors are :class:`OSError` with the errno the kernel would give, exactly as from the OS.
+    """
+
+    def isdir(self, path: str) -> bool:
+        """Whether ``path`` is an existing directory."""
+        ...
+
+    def mkdir(self, path: str) -> None:
+        """Create one directory (not its parents); a configfs mkdir creates the entry's attributes."""
+        ...
+
+    def rmdir(self, path: str) -> None:
+        """Remove one directory; a configfs rmdir removes the entry with its attributes."""
+        ...
+
+    def read(self, path: str, limit: int) -> bytes:
+        """Read from the start of an existing file until EOF or ``limit`` bytes, whichever is first."""
+        ...
+
+    def write(self, path: str, data: bytes) -> int:
+        """Open an existing file, write ``data`` in one call, close it; return the bytes accepted."""
+        ...
+
+
+class _OsFs:
+    """:class:`_Fs` over the real filesystem, unbuffered, never creating files.
+
+    configfs attributes are opened without ``O_CREAT``/``O_TRUNC``: in a directory that is not a
+    configfs-tsm entry a missing attribute must fail, not appear as a stray file that would then keep
+    ``rmdir`` from removing the entry.
+    """
+
+    __slots__ = ()
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path, 0o700)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def read(self, path: str, limit: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks: list[bytes] = []
+            remaining = limit
+            # Each pass either ends (EOF) or consumes at least one byte of ``remaining``: bounded.
+            while remaining > 0:
+                chunk = os.read(fd, remaining)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def write(self, path: str, data: bytes) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            return os.write(fd, data)
+        finally:
+            # configfs commits a binary attribute on close; its errors are not reported here, which
+            # is why the caller checks the generation counter.
+            os.close(fd)
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno, f"errno {exc.errno}") if exc.errno is not None else "no errno"
+
+
+class ConfigfsTsmQuoteSource:
+    """:class:`QuoteSource` over Linux configfs-tsm (``/sys/kernel/config/tsm/report``), provider ``tdx_guest``.
+
+    By default every quote uses a private entry with a unique name (``skp-<pid>-<random>``), created
+    for the call and removed in all cases before it returns, so concurrent processes do not share an
+    entry and nothing is left behind. ``entry_name`` names a shared, persistent entry instead (Intel's
+    library uses ``com.intel.dcap``): it is used if it exists, created otherwise, and never removed,
+    because others may be using it. That also lets an administrator pre-create an entry and give a
+    non-root user access to its attributes. Races on a shared entry are caught by the generation
+    checks and reported as :class:`QuoteSourceBusy`.
+
+    One quote at a time per source (the kernel's TDX driver serialises GetQuote anyway). Nothing
+    blocks except the kernel's own quote generation, which has its own timeout. ``fs`` replaces the
+    real filesystem (tests emulate the kernel with it).
+    """
+
+    __slots__ = ("_fs", "_lock", "entry_name", "root")
+
+    def __init__(
+        self, root: str | Path = DEFAULT_TSM_ROOT, entry_name: str | None = None, *, fs: _Fs | None = None
+    ) -> None:
+        if entry_name is not None and (
+            not entry_name or entry_name in (".", "..") or "/" in entry_name or "\0" in entry_name
+        ):
+            raise ConfigError(f"configfs-tsm entry name must be a single path component, got {entry_name!r}")
+        self.root = str(root)
+        self.entry_name = entry_name
+        self._fs: _Fs = fs if fs is not None else _OsFs()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ConfigfsTsmQuoteSource(root={self.root!r}, entry_name={self.entry_name!r})"
+
+    def quote(self, report_data: bytes) -> bytes:
+        rd = check_report_data(report_data)
+        with self._lock:
+            if not self._fs.isdir(self.root):
+                raise QuoteSourceUnavailable(
+                    f"configfs-tsm is not available at {self.root}: is this a TDX guest with kernel >= 6.7 "
+                    "and configfs mounted (mount -t configfs none /sys/kernel/config)?"
+                )
+            if self.entry_name is None:
+                entry = os.path.join(self.root, f"skp-{os.getpid()}-{secrets.token_hex(8)}")
+                self._mkdir(entry, exist_ok=False)
+                # From here on the entry is ours: it is removed however the attempt ends.
+                try:
+                    return self._generate(entry, rd)
+                finally:
+                    self._remove(entry)
+            entry = os.path.join(self.root, self.entry_name)
+            if not self._fs.isdir(entry):
+                # Created by someone else in the meantime is fine: shared entries are meant for that.
+                self._mkdir(entry, exist_ok=True)
+            return self._generate(entry, rd)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _mkdir(self, entry: str, *, exist_ok: bool) -> None:
+        """Create the entry; a failed mkdir created nothing, so there is nothing to clean up."""
+        try:
+            self._fs.mkdir(entry)
+        except FileExistsError:
+            if not exist_ok:
+                raise QuoteSourceBusy(f"configfs-tsm entry {entry} exists already") from None
+        except OSError as exc:
+            raise self._error(exc, "create the report entry", entry, in_entry=False) from None
+
+    def _remove(self, entry: str) -> None:
+        """Remove a private entry; failing to is logged, not raised, so it never hides the real outcome."""
+        try:
+            self._fs.rmdir(entry)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning(
+                "could not remove configfs-tsm entry %s: %s (%s)", entry, _errno_name(exc), exc.strerror
+            )
+
+    def _generate(self, entry: str, rd: bytes) -> bytes:
+        """The quote over ``rd`` from ``entry``, with libtdx_attest's generation checks.
+
+        The provider is checked first, so that no report is ever requested from another kind of TEE.
+        """
+        provider = self._read_text(entry, "provider")
+        if provider != TDX_PROVIDER:
+            raise QuoteSourceUnavailable(
+                f"configfs-tsm provider at {self.root} is {provider!r}, not {TDX_PROVIDER!r}: "
+                "this is not a TDX guest, and other TEEs' reports are not DCAP TDX quotes"
+            )
+        before = self._read_generation(entry)
+        inblob = os.path.join(entry, "inblob")
+        try:
+            written = self._fs.write(inblob, rd)
+        except OSError as exc:
+            raise self._error(exc, "write report data to", inblob) from None
+        if written != len(rd):
+            raise PlatformError(f"short write to {inblob}: {written} of {len(rd)} bytes")
+        after_write = self._read_generation(entry)
+        if after_write != before + 1:
+            raise QuoteSourceBusy(
+                f"configfs-tsm generation of {entry} went from {before} to {after_write} across our write, "
+                f"expected {before + 1}: another writer used the entry, or the kernel refused the write"
+            )
+        outblob = os.path.join(entry, "outblob")
+        try:
+            quote = self._fs.read(outblob, MAX_OUTBLOB_SIZE + 1)
+        except OSError as exc:
+            raise self._error(exc, "read the quote from", outblob) from None
+        if len(quote) > MAX_OUTBLOB_SIZE:
+            raise PlatformError(
+                f"{outblob} returned more than {MAX_OUTBLOB_SIZE} bytes: not a configfs-tsm report"
+            )
+        after_read = self._read_generation(entry)
+        if after_read != after_write:
+            raise QuoteSourceBusy(
+                f"configfs-tsm generation of {entry} moved from {after_write} to {after_read} while the "
+                "quote was read: another writer used the entry, the quote may be over its report data"
+            )
+        bound = tdx_quote_report_data(quote)
+        if bound is None:
+            raise PlatformError(f"{outblob} returned {len(quote)} bytes that are not a DCAP v4/v5 TDX quote")
+        if not hmac.compare_digest(bound, rd):
+            raise QuoteSourceBusy(f"{outblob} returned a quote over other report data than was written")
+        log.debug("configfs-tsm quote of %d bytes from %s", len(quote), entry)
+        return quote
+
+    def _read_text(self, entry: str, name: str) -> str:
+        path = os.path.join(entry, name)
+        try:
+            raw = self._fs.read(path, _SMALL_ATTRIBUTE_LIMIT + 1)
+        except OSError as exc:
+            raise self._error(exc, "read", path) from None
+        if len(raw) > _SMALL_ATTRIBUTE_LIMIT:
+            raise PlatformError(f"{path} is longer than {_SMALL_ATTRIBUTE_LIMIT} bytes: not configfs-tsm")
+        return raw.decode("ascii", "replace").strip()
+
+    def _read_generation(self, entry: str) -> int:
+        text = self._read_text(entry, "generation")
+        if not text.isascii() or not text.isdigit():
+            raise PlatformError(
+                f"{os.path.join(entry, 'generation')} is {text[:32]!r}, not a decimal counter"
+            )
+        return int(text)
+
+    def _error(self, exc: OSError, action: str, path: str, *, in_entry: bool = True) -> PlatformError:
+        """The typed error for an ``OSError`` from ``action`` on ``path``, naming the errno.
+
+        ``in_entry`` says ``path`` is an attribute inside the report entry (not the entry itself).
+        """
+        name = _errno_name(exc)
+        reason = f"{name}: {exc.strerror}" if exc.strerror else name
+        if isinstance(exc, PermissionError):
+            return QuoteSourceUnavailable(
+                f"permission denied to {action} {path} ({reason}): configfs-tsm needs root, or an entry "
+                "pre-created by root (entry_name=...) whose attributes this user or group may read and write"
+            )
+        if exc.errno in _UNAVAILABLE_ERRNOS:
+            return QuoteSourceUnavailable(
+                f"cannot {action} {path} ({reason}): no TSM provider is registered; "
+                "is this a TDX guest with the tdx_guest driver loaded?"
+            )
+        if exc.errno in _BUSY_ERRNOS:
+            return QuoteSourceBusy(
+                f"cannot {action} {path} ({reason}): a previous quote request is still in flight"
+            )
+        if exc.errno == errno.ENOENT and not in_entry:
+            return QuoteSourceUnavailable(
+                f"cannot {action} {path} ({reason}): configfs-tsm disappeared from {self.root}"
+            )
+        if exc.errno == errno.ENOENT:
+            if self._fs.isdir(os.path.dirname(path)):
+                return QuoteSourceUnavailable(
+                    f"cannot {action} {path} ({reason}): {self.root} is not configfs-tsm "
+                    "(the entry has no such attribute)"
+                )
+            return QuoteSourceBusy(f"cannot {action} {path} ({reason}): the entry was removed while in use")
+        hint = _ERRNO_HINTS.get(exc.errno or 0)
+        return PlatformError(f"cannot {action} {path} ({reason})" + (f": {hint}" if hint else ""))
+
+
+# --- simulation --------------------------------------------------------------------------------
+
+
+def _sim_measurement(label: str) -> bytes:
+    return hashlib.sha384(f"gramine-sealing-key-provider/sim/td/{label}".encode()).digest()
+
+
+#: The simulated TD's measurements when the caller names none: recognisable, non-zero, and stable
+#: (they feed key derivation, so changing them changes every simulated TD's key).
+DEFAULT_SIM_MRTD: Final = _sim_measurement("mrtd")
+DEFAULT_SIM_RTMRS: Final = tuple(_sim_measurement(f"rtmr{i}") for i in range(4))
+
+
+def _measurement(value: bytes, what: str, size: int = _MEASUREMENT_SIZE) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
+        got = f"{len(value)} bytes" if isinstance(value, (bytes, bytearray)) else type(value).__name__
+        raise ConfigError(f"{what} must be {size} bytes, got {got}")
+    return bytes(value)
+
+
+class SimTdQuoteSource:
+    """:class:`QuoteSource` for a TD on the simulated platform, with the measurements given here.
+
+    The quotes are real DCAP v4/v5 TDX quotes signed by the simulated TD quoting enclave, so they pass
+    the production verifier configured with the simulator's root. Measurements are fixed per source,
+    as a real TD's are fixed at build and boot; a TD with other measurements is another source.
+    """
+
+    __slots__ = (
+        "body",
+        "debug",
+        "mrconfigid",
+        "mrowner",
+        "mrownerconfig",
+        "mrservicetd",
+        "mrtd",
+        "platform",
+        "rtmrs",
+        "td_attributes",
+        "version",
+        "xfam",
+    )
+
+    def __init__(
+        self,
+        platform: SimPlatform,
+        *,
+        mrtd: bytes = DEFAULT_SIM_MRTD,
+        rtmrs: Sequence[bytes] = DEFAULT_SIM_RTMRS,
+        mrconfigid: bytes = bytes(48),
+        mrowner: bytes = bytes(48),
+        mrownerconfig: bytes = bytes(48),
+        xfam: bytes | None = None,
+        td_attributes: bytes | None = None,
+        debug: bool = False,
+        version: int = 4,
+        body: BodyType | None = None,
+        mrservicetd: bytes = bytes(48),
+    ) -> None:
+        """Check every option now, so a misconfigured simulated TD fails at start, not per quote.
+
+        ``xfam`` and ``td_attributes`` default to the simulator's (``DEFAULT_XFAM``,
+        ``DEFAULT_TD_ATTRIBUTES``); ``body`` defaults to TDX 1.0 for v4 and TDX 1.5 for v5.
+        """
+        if version not in (4, 5):
+            raise ConfigError(f"a TDX quote is version 4 or 5, got {version!r}")
+        if body is None:
+            body = BodyType.TD10 if version == 4 else BodyType.TD15
+        if body not in (BodyType.TD10, BodyType.TD15) or (version == 4 and body != BodyType.TD10):
+            raise ConfigError("a v4 TDX quote has a TDX 1.0 body; a v5 quote a TDX 1.0 or 1.5 body")
+        rtmr_list = list(rtmrs)
+        if len(rtmr_list) != 4:
+            raise ConfigError(f"exactly four RTMRs are needed, got {len(rtmr_list)}")
+        self.platform = platform
+        self.mrtd = _measurement(mrtd, "MRTD")
+        self.rtmrs: tuple[bytes, bytes, bytes, bytes] = (
+            _measurement(rtmr_list[0], "RTMR0"),
+            _measurement(rtmr_list[1], "RTMR1"),
+            _measurement(rtmr_list[2], "RTMR2"),
+            _measurement(rtmr_list[3], "RTMR3"),
+        )
+        self.mrconfigid = _measurement(mrconfigid, "MRCONFIGID")
+        self.mrowner = _measurement(mrowner, "MROWNER")
+        self.mrownerconfig = _measurement(mrownerconfig, "MROWNERCONFIG")
+        self.mrservicetd = _measurement(mrservicetd, "MRSERVICETD")
+        # The caller holds a SimPlatform, so the simulator is loaded already; production never gets here.
+        from ..sim import DEFAULT_TD_ATTRIBUTES, DEFAULT_XFAM
+
+        self.xfam = _measurement(DEFAULT_XFAM if xfam is None else xfam, "XFAM", 8)
+        self.td_attributes = _measurement(
+            DEFAULT_TD_ATTRIBUTES if td_attributes is None else td_attributes, "TD attributes", 8
+        )
+        self.debug = debug
+        self.version = version
+        self.body = body
+
+    @classmethod
+    def load(
+        cls,
+        state_dir: str | Path,
+        *,
+        mrtd: bytes = DEFAULT_SIM_MRTD,
+        rtmrs: Sequence[bytes] = DEFAULT_SIM_RTMRS,
+        debug: bool = False,
+        version: int = 4,
+    ) -> SimTdQuoteSource:
+        """A simulated TD on the platform in ``state_dir`` (``sim init`` first; SimStateNotFound if not)."""
+        from ..sim import SimPlatform
+
+        return cls(SimPlatform.load(state_dir), mrtd=mrtd, rtmrs=rtmrs, debug=debug, version=version)
+
+    def __repr__(self) -> str:
+        return (
+            f"SimTdQuoteSource(state_dir={str(self.platform.state_dir)!r}, mrtd={self.mrtd.hex()[:16]}..., "
+            f"version={self.version}, debug={self.debug})"
+        )
+
+    def quote(self, report_data: bytes) -> bytes:
+        rd = check_report_data(report_data)
+        return self.platform.tdx_quote(
+            report_data=rd,
+            mrtd=self.mrtd,
+            rtmrs=self.rtmrs,
+            mrconfigid=self.mrconfigid,
+            mrowner=self.mrowner,
+            mrownerconfig=self.mrownerconfig,
+            xfam=self.xfam,
+            td_attributes=self.td_attributes,
+            debug=self.debug,
+            version=self.version,
+            body=self.body,
+            mrservicetd=self.mrservicetd,
+        )
+
+
+def detect_quote_source(root: str | Path = DEFAULT_TSM_ROOT) -> QuoteSource:
+    """The TDX guest's configfs-tsm source if ``root`` exists; otherwise :class:`QuoteSourceUnavailable`.
+
+    There is deliberately no fallback to the simulator: outside a TDX guest the caller must ask for a
+    :class:`SimTdQuoteSource` explicitly, so a production TD never sends a simulated quote by accident.
+    """
+    if os.path.isdir(root):
+        return ConfigfsTsmQuoteSource(root)
+    raise QuoteSourceUnavailable(
+        f"no TDX quote source: configfs-tsm is not available at {root} (this needs a TDX guest with kernel "
+        ">= 6.7 and configfs mounted); outside a TDX guest pass a simulated source explicitly "
+        "(SimTdQuoteSource, e.g. SimTdQuoteSource.load(state_dir))"
+    )
+
+
+__all__ = [
+    "DEFAULT_SIM_MRTD",
+    "DEFAULT_SIM_RTMRS",
+    "DEFAULT_TSM_ROOT",
+    "MAX_OUTBLOB_SIZE",
+    "REPORT_DATA_SIZE",
+    "TDX_PROVIDER",
+    "ConfigfsTsmQuoteSource",
+    "QuoteSource",
+    "QuoteSourceBusy",
+    "QuoteSourceUnavailable",
+    "SimTdQuoteSource",
+    "check_report_data",
+    "detect_quote_source",
+    "tdx_quote_report_data",
+]

@@ -3,16 +3,35 @@ that hand requests to an in-process provider (optionally tampering with the answ
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
 
 from sealing_key_provider.client.errors import ProviderRefused
 from sealing_key_provider.client.transport import PROTOCOL_LEGACY, PROTOCOL_V1, ProviderAnswer, Transport
+from sealing_key_provider.collateral.source import CollateralKey, bundle_json
 from sealing_key_provider.dcap import Collateral
 from sealing_key_provider.errors import ProviderError
 from sealing_key_provider.provider import KeyRequest, Provider
 from sealing_key_provider.sim import Scenario, SimPlatform
-from sealing_key_provider.wire import KeyResponseV1
+from sealing_key_provider.wire import (
+    LENGTH_PREFIX,
+    KeyResponseV1,
+    decode_legacy_request,
+    decode_legacy_response,
+    encode_legacy_request,
+    encode_legacy_response,
+)
 
 MRTD = b"\x11" * 48
 RTMRS = (b"\x21" * 48, b"\x22" * 48, b"\x23" * 48, bytes(48))
@@ -120,3 +139,184 @@ def flip_signature_byte(provider_quote: bytes) -> bytes:
 
 
 _: type[Transport] = InProcessTransport  # the test transport satisfies the protocol
+
+
+# --- a real server on loopback ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_collateral_bundle(
+    sim: SimPlatform, path: Path, now: int, scenario: Scenario = Scenario.UP_TO_DATE
+) -> Path:
+    """SGX (for the client) and TDX (for the server) collateral of ``sim`` in one bundle file."""
+    ca = sim.pck_identity.ca_type
+    entries = {
+        CollateralKey(t, sim.fmspc, ca): sim.collateral(t, now=now, scenario=scenario) for t in ("sgx", "tdx")
+    }
+    path.write_text(bundle_json(entries))
+    return path
+
+
+@dataclass
+class ServedProvider:
+    """``sealing-key-provider serve`` in a subprocess on the simulated platform, production mode."""
+
+    sim: SimPlatform
+    workdir: Path
+    collateral: Path
+    process: subprocess.Popen[bytes]
+    http_url: str
+    legacy_address: str
+    info: dict[str, Any]
+    log: Path
+
+    @property
+    def mrenclave(self) -> str:
+        return str(self.info["mrenclave"])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_provider(workdir: Path, *, deadline_seconds: float = 30.0) -> ServedProvider:
+    """Start the server with a fresh simulated platform and wait for ``/readyz`` (or fail with its log).
+
+    Ports are picked free just before start; if another process grabs one in between, the server
+    exits at once and is started again on new ports.
+    """
+    sim = SimPlatform.init(workdir / "state")
+    collateral = write_collateral_bundle(sim, workdir / "collateral.json", int(time.time()))
+    last_log = ""
+    for attempt in range(3):
+        http_port, legacy_port = free_port(), free_port()
+        config = workdir / f"config-{attempt}.toml"
+        config.write_text(
+            "[server]\n"
+            f'legacy_listen = "127.0.0.1:{legacy_port}"\n'
+            f'http_listen = "127.0.0.1:{http_port}"\n'
+            "rate_limit_per_second = 1000.0\n"
+            "rate_limit_burst = 1000\n"
+            "io_timeout = 5.0\n"
+            "[platform]\n"
+            'kind = "sim"\n'
+            f'sim_state_dir = "{sim.state_dir}"\n'
+            "[collateral]\n"
+            f'file = "{collateral}"\n'
+            f'trust_anchor = "{sim.root_ca_pem_path}"\n'
+        )
+        log = workdir / f"serve-{attempt}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _MAIN, "serve", "--config", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + deadline_seconds
+        with httpx.Client(timeout=2.0, trust_env=False) as http:
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if http.get(url + "/readyz").status_code == 200:
+                        info = http.get(url + "/v1/info").json()
+                        return ServedProvider(
+                            sim, workdir, collateral, process, url, f"127.0.0.1:{legacy_port}", info, log
+                        )
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)  # polling interval, not synchronisation: the loop is bounded by the deadline
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+        last_log = log.read_text(errors="replace")
+    raise RuntimeError(f"the provider did not become ready:\n{last_log}")
+
+
+_MAIN = "import sys; from sealing_key_provider.cli import main; sys.exit(main())"
+
+
+# --- a man in the middle for the legacy protocol ---------------------------------------------------------------
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise ConnectionError("peer closed")
+        buf += chunk
+    return bytes(buf)
+
+
+LegacyRewrite = Callable[[bytes], bytes]
+
+
+class LegacyMitm:
+    """A TCP proxy in front of a legacy provider that may rewrite the TD quote on the way in and the
+    (encrypted_key, provider_quote) answer on the way out. Real sockets on both sides."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        quote: LegacyRewrite | None = None,
+        answer: Callable[[bytes, bytes], tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.rewrite_quote, self.rewrite_answer = quote, answer
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError, ProviderError):
+                self._relay(conn)
+
+    def _relay(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        (n,) = LENGTH_PREFIX.unpack(_read_exact(conn, 4))
+        td_quote = decode_legacy_request(_read_exact(conn, n))
+        if self.rewrite_quote:
+            td_quote = self.rewrite_quote(td_quote)
+        with socket.create_connection(self.upstream, timeout=10) as up:
+            up.sendall(encode_legacy_request(td_quote))
+            head = up.recv(4)
+            if len(head) < 4:
+                return  # the provider refused: close without bytes, as it did
+            (m,) = LENGTH_PREFIX.unpack(head)
+            ek, pq = decode_legacy_response(_read_exact(up, m))
+        if self.rewrite_answer:
+            ek, pq = self.rewrite_answer(ek, pq)
+        conn.sendall(encode_legacy_response(ek, pq))
+
+    def close(self) -> None:
+        # shutdown() wakes the blocked accept() on Linux; close() alone would leave it waiting.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(timeout=5)
+        assert not self._thread.is_alive(), "proxy thread did not stop"
+
+    def __enter__(self) -> LegacyMitm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -81,17 +81,18 @@ def legacy(
     return make_client(served, trust, LegacyTransport(address or served.legacy_address, timeout=10), **kw)  # type: ignore[arg-type]
 
 
-def mitm_http(
-    served: ServedProvider, trust: ProviderTrust, edit: Callable[[dict[str, object]], None]
-) -> KeyClient:
-    """A v1 client whose HTTP layer forwards to the real server and lets ``edit`` change the key
-    response JSON before the SDK sees it."""
-    upstream = httpx.Client(timeout=10, trust_env=False)
+Edit = Callable[[dict[str, object], bytes], None]
+
+
+def mitm_http(served: ServedProvider, trust: ProviderTrust, edit: Edit) -> KeyClient:
+    """A v1 client whose HTTP layer forwards to the real server and lets ``edit(response_json,
+    td_quote)`` change the key response before the SDK sees it."""
 
     def handler(request: httpx.Request) -> httpx.Response:
-        real = upstream.send(
-            httpx.Request(request.method, request.url, headers=request.headers, content=request.content)
-        )
+        with httpx.Client(timeout=10, trust_env=False) as upstream:
+            real = upstream.send(
+                httpx.Request(request.method, request.url, headers=request.headers, content=request.content)
+            )
         if request.url.path != "/v1/keys" or real.status_code != 200:
             return httpx.Response(
                 real.status_code, content=real.content, headers={"content-type": "application/json"}

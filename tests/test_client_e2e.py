@@ -16,7 +16,8 @@ import nacl.public
 import pytest
 
 from sealing_key_provider.client.errors import ProviderRefused
-from sealing_key_provider.client.sdk import KeyClient, TdQuoter
+from sealing_key_provider.client.quote_source import QuoteSource
+from sealing_key_provider.client.sdk import KeyClient
 from sealing_key_provider.client.transport import HttpTransport, LegacyTransport, Transport
 from sealing_key_provider.client.trust import ProviderTrust
 from sealing_key_provider.collateral import FileSource
@@ -59,7 +60,7 @@ def make_client(
     trust: ProviderTrust,
     transport: Transport,
     *,
-    td: TdQuoter | None = None,
+    td: QuoteSource | None = None,
     collateral: Path | None = None,
 ) -> KeyClient:
     return KeyClient(

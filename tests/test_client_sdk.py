@@ -11,7 +11,8 @@ import pytest
 
 from sealing_key_provider.binding import RequestContext, report_data_v1
 from sealing_key_provider.client.errors import ProviderRefused, TdQuoteInvalid
-from sealing_key_provider.client.sdk import KeyClient, TdQuoter
+from sealing_key_provider.client.quote_source import QuoteSource
+from sealing_key_provider.client.sdk import KeyClient
 from sealing_key_provider.client.transport import ProviderAnswer
 from sealing_key_provider.client.trust import ProviderTrust
 from sealing_key_provider.dcap import Verifier, parse_quote
@@ -75,7 +76,7 @@ def client(
     *,
     legacy: bool = False,
     tamper: Tamper | None = None,
-    td: TdQuoter | None = None,
+    td: QuoteSource | None = None,
     scenario: Scenario = Scenario.UP_TO_DATE,
     now: int = NOW,
 ) -> KeyClient:

@@ -27,7 +27,14 @@ from ..dcap import Verifier
 from ..errors import ProviderError
 from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME
 from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
-from .sdk import KeyClient, ProviderKey, TdQuoter
+from .quote_source import (
+    DEFAULT_SIM_MRTD,
+    DEFAULT_SIM_RTMRS,
+    QuoteSource,
+    SimTdQuoteSource,
+    detect_quote_source,
+)
+from .sdk import KeyClient, ProviderKey
 from .transport import DEFAULT_TIMEOUT, HttpTransport, LegacyTransport, Transport, parse_address
 from .trust import ProviderTrust
 
@@ -131,14 +138,7 @@ def write_key_file(path: str | Path, key: bytes, *, force: bool = False) -> None
 # --- wiring -----------------------------------------------------------------------------------------
 
 
-def _quote_source(args: argparse.Namespace) -> TdQuoter:
-    from .quote_source import (
-        DEFAULT_SIM_MRTD,
-        DEFAULT_SIM_RTMRS,
-        SimTdQuoteSource,
-        detect_quote_source,
-    )
-
+def _quote_source(args: argparse.Namespace) -> QuoteSource:
     if args.quote_source == "sim":
         from ..sim import default_state_dir
 

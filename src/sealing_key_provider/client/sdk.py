@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Protocol
+from typing import Final
 
 import nacl.exceptions
 import nacl.public
@@ -43,6 +43,7 @@ from ..keys import (
     validate_key_name,
     validate_key_version,
 )
+from .quote_source import QuoteSource
 from .transport import DEFAULT_TIMEOUT, PROTOCOL_LEGACY, HttpTransport, LegacyTransport, Transport
 from .trust import ProviderTrust
 from .verify import (
@@ -57,12 +58,6 @@ log = logging.getLogger("sealing_key_provider.client")
 
 #: 32-byte key + sealed-box overhead (ephemeral public key and Poly1305 tag).
 ENCRYPTED_KEY_SIZE: Final = DERIVED_KEY_SIZE + SEALED_BOX_OVERHEAD
-
-
-class TdQuoter(Protocol):
-    """Anything that produces a TDX quote over 64 bytes of report data (see ``client.quote_source``)."""
-
-    def quote(self, report_data: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +93,7 @@ class KeyClient:
         trust: ProviderTrust,
         verifier: Verifier,
         collateral: CollateralSource,
-        quote_source: TdQuoter,
+        quote_source: QuoteSource,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -116,7 +111,7 @@ class KeyClient:
         trust: ProviderTrust,
         verifier: Verifier,
         collateral: CollateralSource,
-        quote_source: TdQuoter,
+        quote_source: QuoteSource,
         *,
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
@@ -139,7 +134,7 @@ class KeyClient:
         trust: ProviderTrust,
         verifier: Verifier,
         collateral: CollateralSource,
-        quote_source: TdQuoter,
+        quote_source: QuoteSource,
         *,
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,

@@ -1,0 +1,309 @@
+"""The HTTP API v1 in-process: body bounds and strict parsing, the one error shape (also for 404/405),
+rate limit and concurrency gate, readiness caching, nonces, OpenAPI, and the collateral/policy/dev-mode
+refusals the provider makes, as a client sees them over a real loopback socket."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sealing_key_provider.dcap import Collateral
+from sealing_key_provider.platform.sim import SimSgxPlatform
+from sealing_key_provider.policy import Policy
+from sealing_key_provider.server import ServerThread
+from sealing_key_provider.sim import Scenario, SimPlatform
+from tests.test_server_support import (
+    SimSource,
+    Td,
+    b64,
+    error_code,
+    http_client,
+    in_process,
+    key_of,
+    make_provider,
+    post_key,
+)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
+    return SimPlatform.init(tmp_path_factory.mktemp("platform"))
+
+
+@pytest.fixture(scope="module")
+def server(sim: SimPlatform) -> Iterator[ServerThread]:
+    with in_process(
+        make_provider(sim), max_request_bytes=64 * 1024, rate_limit_per_second=1000.0, rate_limit_burst=1000
+    ) as thread:
+        yield thread
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerThread) -> Iterator[httpx.Client]:
+    with http_client(server) as c:
+        yield c
+
+
+def test_key_request_works(client: httpx.Client, sim: SimPlatform) -> None:
+    td = Td(sim)
+    r = post_key(client, td.quote(), key_name="app/db", key_version=3)
+    assert len(key_of(td, r)) == 32
+    body = r.json()
+    assert (
+        body["key_name"] == "app/db" and body["key_version"] == 3 and r.headers["cache-control"] == "no-store"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "BAD_REQUEST"),
+        (b"[]", "BAD_REQUEST"),
+        (b"{}", "BAD_REQUEST"),
+        (b'{"quote": "***"}', "BAD_REQUEST"),
+        (b'{"quote": "AAA"}', "BAD_REQUEST"),
+        (b'{"quote": [4, 0]}', "BAD_REQUEST"),
+        (b'{"quote": "AAAA", "key_version": "1"}', "BAD_REQUEST"),
+        (b'{"quote": "AAAA", "key_version": true}', "BAD_REQUEST"),
+        (b'{"quote": "AAAA", "key_name": 5}', "BAD_REQUEST"),
+        (b'{"quote": "AAAA", "extra": 1}', "BAD_REQUEST"),
+        (b'{"quote": "AAAA", "quote": "AAAA"}', "BAD_REQUEST"),
+        (b'{"quote": "AAAA"}', "QUOTE_MALFORMED"),
+    ],
+)
+def test_bad_bodies(client: httpx.Client, body: bytes, code: str) -> None:
+    r = client.post("/v1/keys", content=body, headers={"content-type": "application/json"})
+    assert (r.status_code, error_code(r)) == (400, code)
+
+
+def test_request_errors_with_codes(client: httpx.Client, sim: SimPlatform) -> None:
+    quote = Td(sim).quote()
+    r = post_key(client, quote, scheme="md5")
+    assert (r.status_code, error_code(r)) == (400, "UNKNOWN_SCHEME")
+    r = post_key(client, quote, key_name="../etc")
+    assert (r.status_code, error_code(r)) == (400, "BAD_REQUEST")
+    r = client.post(
+        "/v1/keys", content=b"quote=AAAA", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert (r.status_code, error_code(r)) == (415, "UNSUPPORTED_MEDIA_TYPE")
+    r = post_key(client, b"\x04\x00")
+    assert (r.status_code, error_code(r)) == (400, "QUOTE_MALFORMED")
+
+
+def test_too_large_by_length_and_by_stream(client: httpx.Client) -> None:
+    big = json.dumps({"quote": "A" * (64 * 1024)}).encode()
+    r = client.post("/v1/keys", content=big, headers={"content-type": "application/json"})
+    assert (r.status_code, error_code(r)) == (413, "REQUEST_TOO_LARGE")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked, capped while streaming
+        for _ in range(100):
+            yield b" " * 1024
+
+    r = client.post("/v1/keys", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert (r.status_code, error_code(r)) == (413, "REQUEST_TOO_LARGE")
+
+
+def test_lying_content_length_is_capped(server: ServerThread) -> None:
+    address = server.server.http_address
+    assert address is not None
+    with socket.create_connection(address, timeout=10) as sock:
+        head = b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+        sock.sendall(head + b"{}")  # fewer bytes than announced, then silence: the body deadline ends it
+        started = time.monotonic()
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 408"), data[:100]
+    assert b'"REQUEST_TIMEOUT"' in data and time.monotonic() - started < 5
+
+
+def test_unknown_routes_and_methods_have_the_error_shape(client: httpx.Client) -> None:
+    r = client.get("/v2/keys")
+    assert (r.status_code, error_code(r)) == (404, "NOT_FOUND")
+    r = client.get("/v1/keys")
+    assert (r.status_code, error_code(r)) == (405, "METHOD_NOT_ALLOWED")
+    assert r.headers["allow"] == "POST"
+    r = client.delete("/healthz")
+    assert (r.status_code, error_code(r)) == (405, "METHOD_NOT_ALLOWED")
+
+
+def test_openapi_documents_paths_and_errors(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["info"]["title"] == "Gramine sealing key provider"
+    keys = spec["paths"]["/v1/keys"]["post"]
+    assert {"200", "400", "403", "413", "429", "503"} <= set(keys["responses"])
+    assert "422" not in keys["responses"]
+    schema = keys["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["quote"] and schema["additionalProperties"] is False
+    assert {"/v1/info", "/v1/nonce", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+
+
+def test_info_health_and_metrics(client: httpx.Client, server: ServerThread) -> None:
+    info = client.get("/v1/info").json()
+    assert info["policy_digest"] == server.server.provider.policy_digest.hex()
+    assert info["dev_mode"] is False
+    assert client.get("/healthz").json() == {"status": "ok"}
+    text = client.get("/metrics").text
+    assert 'skp_requests_total{code="QUOTE_MALFORMED",protocol="http"}' in text
+    assert 'skp_requests_total{code="REQUEST_TOO_LARGE",protocol="http"}' in text
+
+
+def test_rate_limit(sim: SimPlatform) -> None:
+    with (
+        in_process(make_provider(sim), rate_limit_per_second=0.001, rate_limit_burst=3) as thread,
+        http_client(thread) as c,
+    ):
+        codes = [c.get("/v1/nonce").status_code for _ in range(3)]
+        assert codes == [200, 200, 200]
+        r = post_key(c, Td(sim).quote())
+        assert (r.status_code, error_code(r)) == (429, "RATE_LIMITED")
+        assert r.headers["retry-after"] == "1"
+        # Probes and metadata are not limited.
+        assert c.get("/healthz").status_code == 200 and c.get("/v1/info").status_code == 200
+        assert 'code="RATE_LIMITED",protocol="http"} 1.0' in c.get("/metrics").text
+
+
+class SlowPlatform:
+    """The simulated SGX platform whose quote generation blocks until released (after start-up)."""
+
+    def __init__(self, sim: SimPlatform) -> None:
+        self.inner = SimSgxPlatform.load(sim.state_dir)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.calls = 0
+
+    def quote(self, report_data: bytes) -> bytes:
+        self.calls += 1
+        if self.calls > 1:
+            self.entered.set()
+            assert self.release.wait(30)
+        return self.inner.quote(report_data)
+
+    def sealing_key(self) -> bytes:
+        return self.inner.sealing_key()
+
+
+def test_overloaded_when_no_slot_comes_in_time(sim: SimPlatform) -> None:
+    platform = SlowPlatform(sim)
+    provider = make_provider(sim, platform=platform)
+    with in_process(provider, max_concurrency=1, io_timeout=0.5) as thread, http_client(thread) as c:
+        td = Td(sim)
+        result: dict[str, Any] = {}
+        first = threading.Thread(target=lambda: result.update(r=post_key(c, td.quote())))
+        first.start()
+        assert platform.entered.wait(10)
+        r = post_key(c, Td(sim).quote())
+        assert (r.status_code, error_code(r)) == (503, "OVERLOADED")
+        assert "skp_requests_in_flight 1.0" in c.get("/metrics").text
+        platform.release.set()
+        first.join(10)
+        assert len(key_of(td, result["r"])) == 32
+
+
+def test_readiness_is_cached_and_reports_failures(sim: SimPlatform) -> None:
+    calls: list[str] = []
+
+    class Flaky(SimSource):
+        down = False
+
+        def get(self, tee: str, fmspc: bytes, ca: str) -> Collateral:
+            calls.append(tee)
+            if self.down:
+                from sealing_key_provider.errors import CollateralUnavailable
+
+                raise CollateralUnavailable("PCCS unreachable (test)")
+            return super().get(tee, fmspc, ca)
+
+    source = Flaky(sim)
+    with in_process(make_provider(sim, source=source)) as thread, http_client(thread) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json() == {
+            "status": "ready",
+            "checks": {"own_quote": "ok", "collateral": "ok"},
+        }
+        n = len(calls)
+        for _ in range(5):
+            assert c.get("/readyz").status_code == 200
+        assert len(calls) == n  # cached: probes do not hit the platform or the collateral source
+    down = Flaky(sim)
+    down.down = True  # the provider starts without collateral; readiness says what is missing
+    with in_process(make_provider(sim, source=down)) as thread, http_client(thread) as c:
+        r = c.get("/readyz")
+        assert (r.status_code, error_code(r)) == (503, "COLLATERAL_UNAVAILABLE")
+
+
+def test_stale_nonce_is_refused(sim: SimPlatform) -> None:
+    now = [time.time()]
+    provider = make_provider(sim, policy=Policy(freshness_required=True), clock=lambda: now[0])
+    with in_process(provider) as thread, http_client(thread) as c:
+        td = Td(sim)
+        r = post_key(c, td.quote())
+        assert (r.status_code, error_code(r)) == (403, "FRESHNESS_INVALID")
+        n = c.get("/v1/nonce").json()
+        nonce = base64.b64decode(n["nonce"])
+        bound = td.quote(rd_tail=hashlib.sha256(nonce).digest())
+        assert len(key_of(td, post_key(c, bound, nonce=n["nonce"]))) == 32
+        now[0] += provider.policy.freshness_window_seconds + 60
+        r = post_key(c, bound, nonce=n["nonce"])
+        assert (r.status_code, error_code(r)) == (403, "FRESHNESS_INVALID")
+        assert c.get("/v1/info").json()["freshness_required"] is True
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status", "code"),
+    [
+        (Scenario.EXPIRED, 400, "COLLATERAL_EXPIRED"),
+        (Scenario.REVOKED_PCK, 400, "PCK_REVOKED"),
+        (Scenario.OUT_OF_DATE, 403, "TCB_STATUS_REJECTED"),
+    ],
+)
+def test_collateral_scenarios(sim: SimPlatform, scenario: Scenario, status: int, code: str) -> None:
+    with in_process(make_provider(sim, source=SimSource(sim, scenario))) as thread, http_client(thread) as c:
+        r = post_key(c, Td(sim).quote())
+        assert (r.status_code, error_code(r)) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("policy", "fields", "code"),
+    [
+        ({"allowed_mrtd": ["22" * 48]}, {}, "POLICY_DENIED"),
+        ({"key_names": {"*": ["app/**"]}}, {"key_name": "other"}, "POLICY_DENIED"),
+        ({"accepted_tcb_statuses": ["OutOfDate"]}, {}, "TCB_STATUS_REJECTED"),
+    ],
+)
+def test_policy_refusals(sim: SimPlatform, policy: dict[str, Any], fields: dict[str, Any], code: str) -> None:
+    provider = make_provider(sim, policy=Policy.from_mapping(policy))
+    with in_process(provider) as thread, http_client(thread) as c:
+        r = post_key(c, Td(sim).quote(), **fields)
+        assert (r.status_code, error_code(r)) == (403, code)
+        assert c.get("/v1/info").json()["policy_digest"] == provider.policy_digest.hex()
+
+
+def test_dev_mode_accepts_an_unverified_quote_and_says_so(sim: SimPlatform) -> None:
+    class Down:
+        def get(self, tee: str, fmspc: bytes, ca: str) -> Collateral:
+            raise AssertionError("dev mode must not fetch collateral")
+
+    provider = make_provider(sim, dev_mode=True, source=Down())
+    with in_process(provider) as thread, http_client(thread) as c:
+        td = Td(sim)
+        forged = bytearray(td.quote())
+        forged[200] ^= 1  # the signature no longer matches: dev mode does not look
+        r = c.post("/v1/keys", json={"quote": b64(bytes(forged))})
+        assert len(key_of(td, r)) == 32
+        assert r.json()["dev_mode"] is True and r.json()["tcb_status"] == "Unverified"
+        assert c.get("/v1/info").json()["dev_mode"] is True
+        assert c.get("/readyz").json()["checks"]["collateral"].startswith("skipped")

@@ -1,0 +1,163 @@
+"""The legacy TCP listener in-process: bad frames, silent and slow clients, the connection cap and the
+rate limit. Every refusal closes the connection without writing a byte (the original's behaviour),
+is logged with its code and peer, and the server goes on serving the next client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from sealing_key_provider.provider import Provider
+from sealing_key_provider.server import ServerThread
+from sealing_key_provider.sim import SimPlatform
+from tests.test_server_support import (
+    Td,
+    closed_without_bytes,
+    in_process,
+    legacy_address,
+    legacy_exchange,
+    legacy_raw,
+    make_provider,
+)
+
+IO_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
+    return SimPlatform.init(tmp_path_factory.mktemp("platform"))
+
+
+@pytest.fixture(scope="module")
+def provider(sim: SimPlatform) -> Provider:
+    return make_provider(sim)
+
+
+@pytest.fixture(scope="module")
+def server(provider: Provider) -> Iterator[ServerThread]:
+    with in_process(
+        provider,
+        io_timeout=IO_TIMEOUT,
+        max_connections=4,
+        rate_limit_per_second=1000.0,
+        rate_limit_burst=1000,
+    ) as thread:
+        yield thread
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def serves_next_client(server: ServerThread, sim: SimPlatform) -> bool:
+    td = Td(sim)
+    body = legacy_exchange(legacy_address(server), td.quote())
+    return body is not None and len(td.open(bytes(json.loads(body)["encrypted_key"]))) == 32
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "code"),
+    [
+        ("huge length", struct.pack(">I", 1024 * 1024 + 1) + b"{", "REQUEST_TOO_LARGE"),
+        ("4 GiB length", b"\xff\xff\xff\xff", "REQUEST_TOO_LARGE"),
+        ("zero length", struct.pack(">I", 0), "BAD_REQUEST"),
+        ("not JSON", frame(b"quote: 1, 2, 3"), "BAD_REQUEST"),
+        ("not an object", frame(b"[1, 2, 3]"), "BAD_REQUEST"),
+        ("no quote", frame(b'{"quotes": [1]}'), "BAD_REQUEST"),
+        ("string quote", frame(b'{"quote": "BAAC"}'), "BAD_REQUEST"),
+        ("byte > 255", frame(b'{"quote": [4, 0, 256]}'), "BAD_REQUEST"),
+        ("negative byte", frame(b'{"quote": [4, -1]}'), "BAD_REQUEST"),
+        ("bools", frame(b'{"quote": [true, false]}'), "BAD_REQUEST"),
+        ("floats", frame(b'{"quote": [4.0, 0.5]}'), "BAD_REQUEST"),
+        ("duplicate key", frame(b'{"quote": [1], "quote": [2]}'), "BAD_REQUEST"),
+        ("trailing garbage", frame(b'{"quote": [1]} x'), "BAD_REQUEST"),
+        ("garbage quote", frame(b'{"quote": [4, 0, 2, 0]}'), "QUOTE_MALFORMED"),
+    ],
+)
+def test_bad_frames_close_without_a_byte(
+    server: ServerThread,
+    sim: SimPlatform,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    data: bytes,
+    code: str,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="sealing_key_provider"):
+        assert legacy_raw(legacy_address(server), data) is None, name
+        assert serves_next_client(server, sim)
+    assert f"refused protocol=legacy code={code} peer=127.0.0.1:" in caplog.text
+
+
+def test_truncated_body_and_silent_client_time_out(
+    server: ServerThread, sim: SimPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = legacy_address(server)
+    with caplog.at_level(logging.INFO, logger="sealing_key_provider"):
+        silent = socket.create_connection(address)
+        truncated = socket.create_connection(address)
+        truncated.sendall(struct.pack(">I", 100) + b'{"quote": [')
+        half_header = socket.create_connection(address)
+        half_header.sendall(b"\x00\x00")
+        started = time.monotonic()
+        deadline = started + IO_TIMEOUT + 5.0
+        try:
+            # The server serves others meanwhile: these connections hold no slot.
+            assert serves_next_client(server, sim)
+            for sock in (silent, truncated, half_header):
+                assert closed_without_bytes(sock, deadline)
+            assert time.monotonic() - started >= IO_TIMEOUT * 0.9
+        finally:
+            for sock in (silent, truncated, half_header):
+                sock.close()
+    assert caplog.text.count("code=REQUEST_TIMEOUT") >= 3
+
+
+def test_client_that_closes_early(
+    server: ServerThread, sim: SimPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="sealing_key_provider"):
+        with socket.create_connection(legacy_address(server)) as sock:
+            sock.sendall(struct.pack(">I", 50) + b'{"quote"')
+            sock.shutdown(socket.SHUT_WR)
+            assert closed_without_bytes(sock, time.monotonic() + 5.0)
+        assert serves_next_client(server, sim)
+    assert "connection closed after 8 of 50 expected bytes" in caplog.text
+
+
+def test_connection_cap(server: ServerThread, sim: SimPlatform, caplog: pytest.LogCaptureFixture) -> None:
+    address = legacy_address(server)
+    with caplog.at_level(logging.INFO, logger="sealing_key_provider"):
+        held = [socket.create_connection(address) for _ in range(4)]
+        try:
+            # Wait (bounded) until the server has accepted all four.
+            deadline = time.monotonic() + 5.0
+            while server.server.legacy.open_connections < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.server.legacy.open_connections == 4
+            with socket.create_connection(address) as extra:
+                assert closed_without_bytes(extra, time.monotonic() + 5.0)
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 5.0
+        while server.server.legacy.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert serves_next_client(server, sim)
+    assert "refused protocol=legacy code=OVERLOADED" in caplog.text
+
+
+def test_rate_limited_legacy_client_is_closed(sim: SimPlatform, caplog: pytest.LogCaptureFixture) -> None:
+    with (
+        in_process(make_provider(sim), rate_limit_per_second=0.001, rate_limit_burst=2) as thread,
+        caplog.at_level(logging.INFO, logger="sealing_key_provider"),
+    ):
+        assert serves_next_client(thread, sim)
+        assert serves_next_client(thread, sim)
+        assert legacy_exchange(legacy_address(thread), Td(sim).quote()) is None
+    assert "refused protocol=legacy code=RATE_LIMITED peer=127.0.0.1:" in caplog.text

@@ -95,6 +95,7 @@ class HttpTransport:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.url = url.rstrip("/")
+        self._timeout = timeout
         self._max = max_response_bytes
         self._owned = client is None
         self._client = client or httpx.Client(
@@ -110,7 +111,12 @@ class HttpTransport:
             self._client.close()
 
     def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> object:
-        """Send, read at most ``max_response_bytes``, and return the decoded JSON of a 200 answer."""
+        """Send, read at most ``max_response_bytes``, and return the decoded JSON of a 200 answer.
+
+        httpx's timeouts apply to each network operation; the overall deadline (checked per chunk) also
+        ends a peer that trickles bytes just fast enough to keep every single read alive.
+        """
+        deadline = time.monotonic() + self._timeout
         try:
             with self._client.stream(method, self.url + path, json=body) as response:
                 declared = response.headers.get("content-length")
@@ -119,6 +125,8 @@ class HttpTransport:
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in response.iter_bytes():
+                    if time.monotonic() > deadline:
+                        raise TransportError(f"provider at {self.url} timed out after {self._timeout:g} s")
                     size += len(chunk)
                     if size > self._max:
                         raise ResponseMalformed(f"provider answer exceeds {self._max} bytes")

@@ -4,6 +4,7 @@ of the client is made to fail on its own, and only a fully checked answer yields
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import replace
 
 import nacl.public
@@ -538,3 +539,14 @@ def test_trust_from_hex() -> None:
         ProviderTrust.from_hex(mrenclave="zz" * 32)
     with pytest.raises(ValueError, match="32 bytes"):
         ProviderTrust.from_hex(mrsigner="ab" * 16)
+
+
+def test_no_key_material_in_logs(
+    provider: Provider, sim: SimPlatform, trust: ProviderTrust, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    result = client(provider, sim, trust).fetch()
+    assert "key received" in caplog.text
+    text = caplog.text.lower()
+    assert result.key.hex() not in text and repr(result.key).lower() not in text
+    assert result.key.hex() not in repr(result)

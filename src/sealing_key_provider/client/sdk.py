@@ -83,8 +83,9 @@ class KeyClient:
 
     ``verifier`` carries the trust anchor (the pinned Intel root by default); ``collateral`` supplies
     the provider platform's SGX collateral (a PCCS client, a cache, or a file); ``clock`` gives Unix
-    time for certificate and collateral validity. Not thread-safe per instance only because of the
-    transport's connection pool; use one client per thread or share with care.
+    time for certificate and collateral validity. A client keeps no per-request state (each request's
+    key pair and quote are local to the call), so it may be shared between threads as far as its
+    transport and quote source allow: httpx clients and the project's quote sources do.
     """
 
     def __init__(

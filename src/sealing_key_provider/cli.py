@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "sealing_key_provider.sim.cli",
     "sealing_key_provider.server.cli",
     "sealing_key_provider.client.cli",
+    "sealing_key_provider.demo",
 )
 
 

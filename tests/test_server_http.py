@@ -31,6 +31,7 @@ from tests.test_server_support import (
     key_of,
     make_provider,
     post_key,
+    start_thread,
 )
 
 
@@ -307,3 +308,31 @@ def test_dev_mode_accepts_an_unverified_quote_and_says_so(sim: SimPlatform) -> N
         assert r.json()["dev_mode"] is True and r.json()["tcb_status"] == "Unverified"
         assert c.get("/v1/info").json()["dev_mode"] is True
         assert c.get("/readyz").json()["checks"]["collateral"].startswith("skipped")
+
+
+def test_shutdown_finishes_in_flight_requests(sim: SimPlatform) -> None:
+    platform = SlowPlatform(sim)
+    thread = start_thread(make_provider(sim, platform=platform))
+    legacy = thread.server.legacy_address
+    assert legacy is not None
+    with http_client(thread) as c:
+        td = Td(sim)
+        result: dict[str, Any] = {}
+        first = threading.Thread(target=lambda: result.update(r=post_key(c, td.quote())))
+        first.start()
+        assert platform.entered.wait(10)
+        thread.server.request_stop_threadsafe(0)
+        # New connections are refused once the listeners close (bounded wait for the loop to get there).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(legacy, timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("legacy listener still accepts after the stop request")
+        platform.release.set()
+        first.join(10)
+        assert len(key_of(td, result["r"])) == 32  # the in-flight request was answered
+    assert thread.wait(15) == 0

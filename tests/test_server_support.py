@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import nacl.public
 
-from sealing_key_provider.collateral import FileSource
 from sealing_key_provider.config import Config
 from sealing_key_provider.dcap import Collateral, Verifier
 from sealing_key_provider.keys import build_registry
@@ -295,12 +294,16 @@ def server_config(**server: object) -> Config:
     return Config.from_mapping({"server": base, "collateral": {"file": "unused.json"}})
 
 
+def start_thread(provider: Provider, config: Config | None = None, **server: object) -> ServerThread:
+    """A started ProviderServer on ephemeral loopback ports in a background thread (caller stops it)."""
+    cfg = config or server_config(**server)
+    return ServerThread(ProviderServer(provider, cfg), ("127.0.0.1", 0), ("127.0.0.1", 0)).start()
+
+
 @contextmanager
 def in_process(provider: Provider, config: Config | None = None, **server: object) -> Iterator[ServerThread]:
     """A ProviderServer on ephemeral loopback ports in a background thread."""
-    cfg = config or server_config(**server)
-    thread = ServerThread(ProviderServer(provider, cfg), ("127.0.0.1", 0), ("127.0.0.1", 0))
-    thread.start()
+    thread = start_thread(provider, config, **server)
     try:
         yield thread
     finally:
@@ -317,7 +320,3 @@ def legacy_address(thread: ServerThread) -> tuple[str, int]:
     address = thread.server.legacy_address
     assert address is not None
     return address
-
-
-def file_source(path: Path) -> FileSource:
-    return FileSource(path)

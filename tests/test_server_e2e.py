@@ -68,7 +68,7 @@ def server(
     config_path: tuple[Path, tuple[str, int], tuple[str, int]], workdir: Path
 ) -> Iterator[ServeProcess]:
     path, legacy, http = config_path
-    proc = ServeProcess(path, workdir / "serve.log", legacy, http).wait_ready()
+    proc = ServeProcess(["--config", str(path)], workdir / "serve.log", legacy, http).wait_ready()
     yield proc
     assert proc.stop() == 0, proc.log_text()
 
@@ -238,8 +238,20 @@ def test_same_key_after_restart(
     assert legacy_before is not None
     assert server.stop() == 0  # SIGTERM: clean shutdown, exit 0
     assert "received SIGTERM" in server.log_text()
-    path, legacy, http = config_path
-    restarted = ServeProcess(path, workdir / "serve.log", legacy, http).wait_ready()
+    _, legacy, http = config_path
+    # The restarted provider is configured by flags alone (no file): the same state directory, so the
+    # same simulated CPU and sealing key.
+    flags = [
+        "--platform=sim",
+        f"--state-dir={sim.state_dir}",
+        f"--collateral={workdir / 'collateral.json'}",
+        f"--trust-anchor={sim.root_ca_pem_path}",
+        f"--legacy-listen={legacy[0]}:{legacy[1]}",
+        f"--http-listen={http[0]}:{http[1]}",
+        "--log-format=json",
+        "--log-level=debug",
+    ]
+    restarted = ServeProcess(flags, workdir / "serve.log", legacy, http).wait_ready()
     try:
         with httpx.Client(base_url=restarted.url, timeout=10.0) as c2:
             td2 = Td(sim)

@@ -12,7 +12,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -173,14 +173,16 @@ def error_code(response: httpx.Response) -> str:
 class ServeProcess:
     """`sealing-key-provider serve` in a subprocess, with its log in a file."""
 
-    def __init__(self, config_path: Path, log_path: Path, legacy: tuple[str, int], http: tuple[str, int]):
-        self.config_path, self.log_path = config_path, log_path
+    def __init__(
+        self, serve_args: Sequence[str], log_path: Path, legacy: tuple[str, int], http: tuple[str, int]
+    ) -> None:
+        self.log_path = log_path
         self.legacy, self.http = legacy, http
         self.url = f"http://{http[0]}:{http[1]}"
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sealing_key_provider.cli", "serve", "--config", str(config_path)],
+            [sys.executable, "-m", "sealing_key_provider.cli", "serve", *serve_args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -248,7 +250,7 @@ def serve_config(
 @contextmanager
 def serve_process(tmp: Path, sim: SimPlatform, collateral: Path, **kw: Any) -> Iterator[ServeProcess]:
     config, legacy, http = serve_config(tmp, sim, collateral, **kw)
-    proc = ServeProcess(config, tmp / f"serve-{http[1]}.log", legacy, http)
+    proc = ServeProcess(["--config", str(config)], tmp / f"serve-{http[1]}.log", legacy, http)
     try:
         yield proc.wait_ready()
     finally:

@@ -6,6 +6,11 @@ bind port 0, and both protocols share one loop, one concurrency gate and one rat
 ours too: SIGTERM/SIGINT stop accepting, let in-flight requests finish within a grace period, and
 exit 0; a second signal stops at once. :class:`RestartRequired` (Gramine refuses attestation) stops
 at once with exit status 1, so the supervisor restarts the enclave, as the original did.
+
+``server.max_connections`` caps each listener separately: the legacy listener counts its own
+connections (refusals are logged ``OVERLOADED``); the HTTP listener passes it to uvicorn's
+``limit_concurrency``, whose refusal is uvicorn's plain-text 503, the one answer not in our JSON error
+shape. Requests that are admitted but find no worker slot get the JSON ``OVERLOADED`` from the gate.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from cryptography import x509
 
 from . import __version__
 from .binding import RequestContext, report_data_legacy, report_data_v1
-from .collateral.source import CollateralSource, for_quote
+from .collateral.source import CollateralSource
 from .dcap import PckIdentity, Quote, TdReport, TeeType, Verifier, parse_quote
 from .dcap.abi import MAX_QUOTE_SIZE
 from .dcap.pck import pck_identity
@@ -279,17 +279,18 @@ class Provider:
         )
 
     def _verify(self, quote: Quote, key_name: str, now: int) -> tuple[str, tuple[str, ...]]:
-        tee, fmspc, ca = for_quote(quote)
+        # The PCK chain is checked against the trust anchor first (cached per chain), and same platform
+        # implies the provider's own FMSPC and CA: so every collateral lookup is for this platform, and a
+        # forged PCK leaf can never make the provider query the PCCS for arbitrary FMSPCs.
+        pck = self._verifier.pck_identity(quote)
+        fmspc, ca = pck.fmspc, pck.ca_type
         mine = self.identity
-        # Same platform implies the provider's own FMSPC and CA. Checking that before fetching means
-        # every collateral lookup is for this platform: an unverified quote with a forged PCK leaf
-        # cannot make the provider query the PCCS for arbitrary FMSPCs (and the cache always hits).
         if fmspc != mine.pck.fmspc or ca != mine.pck.ca_type:
             raise PlatformMismatch(
                 f"the TD's PCK certificate names FMSPC {fmspc.hex().upper()} ({ca} CA); this platform is "
                 f"{mine.pck.fmspc.hex().upper()} ({mine.pck.ca_type} CA)"
             )
-        verified = self._verifier.verify(quote, self._collateral.get(tee, fmspc, ca), now)
+        verified = self._verifier.verify(quote, self._collateral.get("tdx", fmspc, ca), now)
         self.policy.check(verified, key_name)
         td = quote.td_report
         if td.mrservicetd is not None and any(td.mrservicetd):

@@ -322,6 +322,17 @@ class Verifier:
 
     # -- public API ---------------------------------------------------------------------------------
 
+    def pck_identity(self, quote: Quote) -> PckIdentity:
+        """The PCK identity of ``quote``'s platform, from a chain checked against the trust anchor.
+
+        Cached like :meth:`verify`'s chain check (which it shares), so callers can pick collateral by
+        FMSPC and CA type without parsing certificates again and without trusting an unchecked leaf.
+        Certificate validity at a given time is checked by :meth:`verify`, not here.
+        """
+        return self._pck_cache.get_or_make(
+            quote.pck_chain_pem, lambda: self._prepare_pck(quote.pck_chain_pem)
+        ).identity
+
     def verify(self, quote: bytes | Quote, collateral: Collateral, now: int) -> VerifiedQuote:
         """Verify ``quote`` with ``collateral`` at Unix time ``now``; raise a typed error on failure."""
         q = quote if isinstance(quote, Quote) else parse_quote(quote)

@@ -7,6 +7,10 @@ same run: a warm ``Verifier.verify`` of a TD quote (its signature checks), one s
 simulated SGX quote generation (its signing). ``1 / floor`` is what one core could serve if a request
 cost nothing but that crypto; the target is a throughput of at least half of it. The server's peak
 RSS (VmHWM) is read from /proc after the run.
+
+Also printed: the server's CPU time per request (from /proc/PID/stat) and ``floor / CPU``, the share of
+its CPU spent on the unavoidable crypto. Clients share the machine's cores with the server, so the
+throughput ratio understates what the server would do with a core of its own; ``floor / CPU`` does not.
 """
 
 from __future__ import annotations
@@ -248,8 +252,8 @@ level = "info"
         best[protocol] = max(best.get(protocol, 0.0), ratio)
         lines.append(
             f"{protocol:6} x{concurrency:<2}: {rps:7.1f} req/s, p50 {_percentile(lat, 0.5) * 1e3:6.2f} ms, "
-            f"p99 {_percentile(lat, 0.99) * 1e3:6.2f} ms, server CPU {cpu * 1e3:.2f} ms/req, "
-            f"throughput/floor = {ratio:.2f}"
+            f"p99 {_percentile(lat, 0.99) * 1e3:6.2f} ms, server CPU {cpu * 1e3:.2f} ms/req "
+            f"(floor/CPU = {floor / cpu:.2f}), throughput/floor = {ratio:.2f}"
         )
     for protocol, ratio in best.items():
         lines.append(

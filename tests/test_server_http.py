@@ -336,3 +336,26 @@ def test_shutdown_finishes_in_flight_requests(sim: SimPlatform) -> None:
         first.join(10)
         assert len(key_of(td, result["r"])) == 32  # the in-flight request was answered
     assert thread.wait(15) == 0
+
+
+def test_collateral_cache_metrics(sim: SimPlatform) -> None:
+    from sealing_key_provider.collateral import CachingSource
+    from sealing_key_provider.server import ProviderServer
+    from tests.test_server_support import server_config
+
+    source = CachingSource(SimSource(sim), time.time)
+    provider = make_provider(sim, source=source)
+    thread = ServerThread(
+        ProviderServer(provider, server_config(), collateral=source), ("127.0.0.1", 0), ("127.0.0.1", 0)
+    ).start()
+    try:
+        with http_client(thread) as c:
+            for _ in range(3):
+                td = Td(sim)
+                assert len(key_of(td, post_key(c, td.quote()))) == 32
+            text = c.get("/metrics").text
+    finally:
+        thread.stop()
+    assert "skp_collateral_cache_misses_total 1.0" in text
+    assert "skp_collateral_cache_hits_total 2.0" in text
+    assert "skp_collateral_cache_entries 1.0" in text

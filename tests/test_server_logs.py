@@ -149,3 +149,15 @@ def test_structured_fields_only_for_fully_named_templates() -> None:
     assert structured_fields(record("plain message")) == {}
     out = json.loads(JsonFormatter().format(record("x level=%s", "evil")))
     assert out["level"] == "info" and out["field_level"] == "evil"
+
+
+def test_access_line_cannot_be_forged_with_an_encoded_newline(
+    sim: SimPlatform, restore_logging: None
+) -> None:
+    stream = io.StringIO()
+    configure_logging(LoggingConfig(format="human", level="debug"), stream)
+    with in_process(make_provider(sim)) as thread, http_client(thread) as c:
+        assert c.get("/x%0A2026-01-01 INFO sealing_key_provider.audit: granted").status_code == 404
+    access = [line for line in stream.getvalue().splitlines() if "http.access" in line and "/x" in line]
+    assert len(access) == 1 and "/x%0A" in access[0]
+    assert not any(line.startswith("2026-01-01 INFO") for line in stream.getvalue().splitlines())

@@ -233,10 +233,13 @@ class AccessLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             client = scope.get("client")
+            # The raw (still percent-encoded) path: a decoded %0A must not start a forged log line.
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else "-"
             access_log.debug(
                 "http method=%s path=%s status=%s ms=%s client=%s",
                 scope.get("method", "-"),
-                scope.get("path", "-"),
+                path,
                 status,
                 round((time.perf_counter() - started) * 1000, 2),
                 client[0] if client else "-",

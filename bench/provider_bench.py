@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import signal
 import socket
@@ -33,9 +34,12 @@ from pathlib import Path
 import httpx
 import nacl.public
 
+from sealing_key_provider.collateral import FileSource
 from sealing_key_provider.dcap import Verifier
-from sealing_key_provider.keys import seal
+from sealing_key_provider.keys import build_registry, seal
 from sealing_key_provider.platform.sim import SimSgxPlatform
+from sealing_key_provider.policy import Policy
+from sealing_key_provider.provider import KeyRequest, Provider
 from sealing_key_provider.sim import SimPlatform
 
 REQUESTS = 300
@@ -76,6 +80,20 @@ def _crypto_floor(sim: SimPlatform, quotes: list[bytes], rounds: int = 200) -> t
         "sgx quote": _median_seconds(lambda i: platform.quote(i.to_bytes(64, "big")), rounds),
     }
     return sum(parts.values()), parts
+
+
+def _handle_in_process(sim: SimPlatform, collateral: Path, quotes: list[bytes], legacy: bool) -> float:
+    """Median seconds of ``Provider.handle`` alone (no sockets, no threads): the provider's own cost."""
+    provider = Provider(
+        SimSgxPlatform.load(sim.state_dir),
+        FileSource(collateral),
+        Verifier(trust_anchor=sim.root_certificate),
+        Policy(),
+        build_registry(),
+    )
+    for q in quotes[:20]:
+        provider.handle(KeyRequest(quote=q, legacy=legacy))
+    return _median_seconds(lambda i: provider.handle(KeyRequest(quote=quotes[i], legacy=legacy)), len(quotes))
 
 
 def _legacy_once(address: tuple[str, int], quote: bytes) -> None:
@@ -210,6 +228,14 @@ level = "info"
             sim.tdx_quote(report_data=bytes(sk.public_key) + bytes(32), mrtd=b"\x11" * 48) for sk in tds
         ]
         floor, parts = _crypto_floor(sim, quotes)
+        audit = logging.getLogger("sealing_key_provider.audit")
+        audit_level, audit.level = audit.level, logging.WARNING  # no audit lines on this terminal
+        try:
+            handle = {
+                p: _handle_in_process(sim, collateral, quotes, p == "legacy") for p in ("legacy", "http")
+            }
+        finally:
+            audit.setLevel(audit_level)
         log = work / "serve.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -246,6 +272,10 @@ level = "info"
         + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in parts.items())
         + f" = {floor * 1e3:.2f} ms -> {capacity:.0f} req/s on one core",
     ]
+    lines.append(
+        "Provider.handle alone (in-process, no network): "
+        + ", ".join(f"{p} {t * 1e3:.2f} ms (floor/handle = {floor / t:.2f})" for p, t in handle.items())
+    )
     best: dict[str, float] = {}
     for protocol, concurrency, rps, lat, cpu in results:
         ratio = rps / capacity

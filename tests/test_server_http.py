@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from tests.test_server_support import (
     SimSource,
     Td,
     b64,
+    closed_without_bytes,
     error_code,
     http_client,
     in_process,
@@ -359,3 +361,35 @@ def test_collateral_cache_metrics(sim: SimPlatform) -> None:
     assert "skp_collateral_cache_misses_total 1.0" in text
     assert "skp_collateral_cache_hits_total 2.0" in text
     assert "skp_collateral_cache_entries 1.0" in text
+
+
+def test_request_head_deadline(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    address = server.server.http_address
+    assert address is not None
+    with caplog.at_level(logging.DEBUG, logger="sealing_key_provider"):
+        silent = socket.create_connection(address)
+        trickle = socket.create_connection(address)
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        kept = socket.create_connection(address)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        deadline = time.monotonic() + 10
+        try:
+            assert closed_without_bytes(silent, deadline)
+            assert closed_without_bytes(trickle, deadline)
+            kept.settimeout(10)
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                chunk = kept.recv(4096)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+            assert kept.recv(1) == b""  # idle after its response: closed by the deadline, not served again
+        finally:
+            for sock in (silent, trickle, kept):
+                sock.close()
+    assert caplog.text.count("refused protocol=http code=REQUEST_TIMEOUT") == 2
+    assert "closing idle kept-alive connection" in caplog.text
+    end = time.monotonic() + 5
+    while server.server.service.connections.open and time.monotonic() < end:
+        time.sleep(0.01)
+    assert server.server.service.connections.open <= 1  # only the module's httpx client may remain

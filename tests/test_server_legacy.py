@@ -130,26 +130,35 @@ def test_client_that_closes_early(
     assert "connection closed after 8 of 50 expected bytes" in caplog.text
 
 
-def test_connection_cap(server: ServerThread, sim: SimPlatform, caplog: pytest.LogCaptureFixture) -> None:
+def test_connection_cap_is_shared_by_both_listeners(
+    server: ServerThread, sim: SimPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
     address = legacy_address(server)
+    http = server.server.http_address
+    assert http is not None
+    budget = server.server.service.connections
     with caplog.at_level(logging.INFO, logger="sealing_key_provider"):
-        held = [socket.create_connection(address) for _ in range(4)]
+        held = [socket.create_connection(address) for _ in range(3)]
+        held.append(socket.create_connection(http))  # an idle HTTP connection counts too
         try:
             # Wait (bounded) until the server has accepted all four.
             deadline = time.monotonic() + 5.0
-            while server.server.legacy.open_connections < 4 and time.monotonic() < deadline:
+            while budget.open < 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert server.server.legacy.open_connections == 4
-            with socket.create_connection(address) as extra:
-                assert closed_without_bytes(extra, time.monotonic() + 5.0)
+            assert budget.open == 4
+            for target in (address, http):
+                with socket.create_connection(target) as extra:
+                    assert closed_without_bytes(extra, time.monotonic() + 5.0)
         finally:
             for sock in held:
                 sock.close()
         deadline = time.monotonic() + 5.0
-        while server.server.legacy.open_connections and time.monotonic() < deadline:
+        while budget.open and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert budget.open == 0
         assert serves_next_client(server, sim)
     assert "refused protocol=legacy code=OVERLOADED" in caplog.text
+    assert "refused protocol=http code=OVERLOADED" in caplog.text
 
 
 def test_rate_limited_legacy_client_is_closed(sim: SimPlatform, caplog: pytest.LogCaptureFixture) -> None:

@@ -7,10 +7,9 @@ ours too: SIGTERM/SIGINT stop accepting, let in-flight requests finish within a 
 exit 0; a second signal stops at once. :class:`RestartRequired` (Gramine refuses attestation) stops
 at once with exit status 1, so the supervisor restarts the enclave, as the original did.
 
-``server.max_connections`` caps each listener separately: the legacy listener counts its own
-connections (refusals are logged ``OVERLOADED``); the HTTP listener passes it to uvicorn's
-``limit_concurrency``, whose refusal is uvicorn's plain-text 503, the one answer not in our JSON error
-shape. Requests that are admitted but find no worker slot get the JSON ``OVERLOADED`` from the gate.
+``server.max_connections`` caps the open connections of both listeners together; one over it is
+closed at accept and logged ``OVERLOADED`` (:mod:`.http_protocol` plugs the budget into uvicorn).
+Requests that are admitted but find no worker slot in time get the JSON ``OVERLOADED`` from the gate.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from ..config import Config, ServerConfig, parse_listen
 from ..errors import ConfigError, RestartRequired
 from ..provider import Provider
 from .http_api import create_app
+from .http_protocol import budgeted_protocol
 from .legacy import LegacyServer
 from .metrics import Metrics
 from .service import KeyService
@@ -140,7 +140,7 @@ class ProviderServer:
                 ws="none",
                 timeout_keep_alive=KEEP_ALIVE,
                 timeout_graceful_shutdown=int(self._grace) or 1,
-                limit_concurrency=self.config.max_connections,
+                http=budgeted_protocol(self.service),
                 h11_max_incomplete_event_size=MAX_HTTP_HEAD,
             )
             self._uvicorn = _EmbeddedUvicorn(uv_config)

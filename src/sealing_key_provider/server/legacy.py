@@ -8,7 +8,8 @@ line with the code and the peer).
 
 Unlike the original: the announced length is bounded before anything is read or allocated, length 0
 is refused, reading and writing have a deadline (a client that sends nothing is dropped), open
-connections are capped (more are closed at once and logged as ``OVERLOADED``), each address is
+connections are capped together with the HTTP listener's (more are closed at once and logged as
+``OVERLOADED``), each address is
 rate-limited (refused connections are closed at once, ``RATE_LIMITED``), and an accept error never
 stops the server (asyncio's accept loop logs it and goes on; the original exited with status 0).
 """
@@ -21,7 +22,7 @@ import socket
 import time
 from typing import Final
 
-from ..errors import BadRequest, Overloaded, ProviderError
+from ..errors import BadRequest, ProviderError
 from ..provider import KeyRequest
 from ..wire import LENGTH_PREFIX, check_frame_length, decode_legacy_request, encode_legacy_response
 from .errors import RequestTimeout
@@ -61,22 +62,23 @@ class LegacyServer:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         address, peer = _peer(writer)
         task = asyncio.current_task()
-        try:
-            if len(self._tasks) >= self.config.max_connections:
-                raise Overloaded(f"{self.config.max_connections} connections are open; try again later")
-            self.service.admit(address)
-        except ProviderError as e:
-            self.service.refused(PROTOCOL, e, peer)
+        budget = self.service.connections
+        if not budget.acquire():
+            self.service.refused(PROTOCOL, budget.refusal(), peer)
             writer.close()
             return
         assert task is not None
         self._tasks.add(task)
-        self.service.metrics.connections.set(len(self._tasks))
+        self.service.metrics.connections.labels(PROTOCOL).inc()
         try:
+            self.service.admit(address)
             await self._serve_one(reader, writer, address, peer)
+        except ProviderError as e:
+            self.service.refused(PROTOCOL, e, peer)
         finally:
+            budget.release()
             self._tasks.discard(task)
-            self.service.metrics.connections.set(len(self._tasks))
+            self.service.metrics.connections.labels(PROTOCOL).dec()
             await self._close(writer)
 
     async def _serve_one(

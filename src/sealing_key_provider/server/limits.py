@@ -115,3 +115,29 @@ class ConcurrencyGate:
         finally:
             self.in_use -= 1
             self._semaphore.release()
+
+
+class ConnectionBudget:
+    """Open connections across both listeners (``server.max_connections``), counted at accept.
+
+    A connection over the budget is closed at once, before anything is read: the cheapest possible
+    refusal, and the same for both protocols.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self.open = 0
+
+    def acquire(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open = max(0, self.open - 1)
+
+    def refusal(self) -> Overloaded:
+        return Overloaded(f"{self.limit} connections are open; try again later")

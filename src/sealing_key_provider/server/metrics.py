@@ -82,13 +82,15 @@ class Metrics:
             registry=self.registry,
         )
         self.connections = Gauge(
-            "skp_legacy_connections",
-            "Open connections on the legacy TCP listener.",
+            "skp_open_connections",
+            "Open client connections by listener (both count against server.max_connections).",
+            ("protocol",),
             registry=self.registry,
         )
         for protocol in PROTOCOLS:
             self.requests.labels(protocol, OK)
             self.latency.labels(protocol)
+            self.connections.labels(protocol)
         if cache_stats is not None:
             self.registry.register(_CacheCollector(cache_stats))
 

@@ -18,7 +18,7 @@ from typing import Final
 from ..config import ServerConfig
 from ..errors import ProviderError, RestartRequired
 from ..provider import KeyRequest, KeyResponse, Provider
-from .limits import ConcurrencyGate, RateLimiter
+from .limits import ConcurrencyGate, ConnectionBudget, RateLimiter
 from .metrics import OK, Metrics
 
 log = logging.getLogger("sealing_key_provider.server")
@@ -45,6 +45,7 @@ class KeyService:
         self.limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst, clock=clock)
         # Waiting for a slot is bounded by the I/O timeout: a client would give up about then anyway.
         self.gate = ConcurrencyGate(config.max_concurrency, config.io_timeout)
+        self.connections = ConnectionBudget(config.max_connections)
         # Verification and quote generation are CPU and platform I/O: worker threads, one per slot.
         self.executor = ThreadPoolExecutor(
             max_workers=config.max_concurrency, thread_name_prefix="skp-worker"

@@ -96,10 +96,15 @@ def _handle_in_process(sim: SimPlatform, collateral: Path, quotes: list[bytes], 
     return _median_seconds(lambda i: provider.handle(KeyRequest(quote=quotes[i], legacy=legacy)), len(quotes))
 
 
-def _legacy_once(address: tuple[str, int], quote: bytes) -> None:
+def _legacy_frame(quote: bytes) -> bytes:
+    """A request frame exactly as the original's clients build it (encoded before the clock starts)."""
     body = json.dumps({"quote": list(quote)}).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def _legacy_once(address: tuple[str, int], frame: bytes) -> None:
     with socket.create_connection(address, timeout=30) as sock:
-        sock.sendall(struct.pack(">I", len(body)) + body)
+        sock.sendall(frame)
         header = b""
         while len(header) < 4:
             chunk = sock.recv(4 - len(header))
@@ -123,7 +128,10 @@ def _load(
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[BaseException] = []
-    bodies = [json.dumps({"quote": base64.b64encode(q).decode()}).encode() for q in quotes]
+    if protocol == "legacy":
+        bodies = [_legacy_frame(q) for q in quotes]
+    else:
+        bodies = [json.dumps({"quote": base64.b64encode(q).decode()}).encode() for q in quotes]
 
     def worker() -> None:
         with httpx.Client(base_url=url, timeout=30.0) as client:
@@ -135,7 +143,7 @@ def _load(
                 t0 = time.perf_counter()
                 try:
                     if protocol == "legacy":
-                        _legacy_once(legacy, quotes[i])
+                        _legacy_once(legacy, bodies[i])
                     else:
                         r = client.post(
                             "/v1/keys", content=bodies[i], headers={"content-type": "application/json"}

@@ -4,17 +4,19 @@ is logged with its code and peer, and the server goes on serving the next client
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
 import struct
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from sealing_key_provider.provider import Provider
-from sealing_key_provider.server import ServerThread
+from sealing_key_provider.server import ServerThread, app
 from sealing_key_provider.sim import SimPlatform
 from tests.test_server_support import (
     Td,
@@ -170,3 +172,35 @@ def test_rate_limited_legacy_client_is_closed(sim: SimPlatform, caplog: pytest.L
         assert serves_next_client(thread, sim)
         assert legacy_exchange(legacy_address(thread), Td(sim).quote()) is None
     assert "refused protocol=legacy code=RATE_LIMITED peer=127.0.0.1:" in caplog.text
+
+
+class FlakyListener(socket.socket):
+    """A listening socket whose next accept() fails like a process out of file descriptors."""
+
+    failures = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if FlakyListener.failures:
+            FlakyListener.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_accept_errors_do_not_stop_the_server(sim: SimPlatform, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_bind = app.bind
+
+    def flaky_bind(listen: str | tuple[str, int], what: str) -> socket.socket:
+        sock = real_bind(listen, what)
+        if "legacy" not in what:
+            return sock
+        flaky = FlakyListener(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        flaky.setblocking(False)
+        return flaky
+
+    monkeypatch.setattr(app, "bind", flaky_bind)
+    with in_process(make_provider(sim)) as thread:
+        FlakyListener.failures = 1
+        # The original exited (status 0) on the first accept error; here the server goes on serving.
+        assert serves_next_client(thread, sim)
+        assert FlakyListener.failures == 0
+        assert serves_next_client(thread, sim)

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.assembly` (configuration → provider), :mod:`.service` (what both protocols share:
 limits, worker threads, metrics, refusal logging), :mod:`.legacy` and :mod:`.http_api` (the two
-protocols), :mod:`.app` (both listeners in one event loop, signals, shutdown), :mod:`.limits`,
+protocols), :mod:`.http_protocol` (uvicorn's HTTP/1.1 with our connection budget and head deadline),
+:mod:`.app` (both listeners in one event loop, signals, shutdown), :mod:`.limits`,
 :mod:`.metrics`, :mod:`.logs`, :mod:`.errors` (network-only error codes), :mod:`.cli` (``serve``).
 """
 

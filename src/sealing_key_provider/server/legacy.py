@@ -72,8 +72,8 @@ class LegacyServer:
         self.service.metrics.connections.labels(PROTOCOL).inc()
         try:
             self.service.admit(address)
-            await self._serve_one(reader, writer, address, peer)
-        except ProviderError as e:
+            await self._serve_one(reader, writer, peer)
+        except ProviderError as e:  # rate-limited: closed before anything is read
             self.service.refused(PROTOCOL, e, peer)
         finally:
             budget.release()
@@ -81,9 +81,7 @@ class LegacyServer:
             self.service.metrics.connections.labels(PROTOCOL).dec()
             await self._close(writer)
 
-    async def _serve_one(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, peer: str
-    ) -> None:
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         started = time.perf_counter()
         try:
             quote = await self._read_request(reader)

@@ -28,6 +28,10 @@ def ctx(**changes: object) -> RequestContext:
         "key_name": "app/db",
         "key_version": 3,
         "policy_digest": bytes(32),
+        "measurements": ("mrtd", "rtmr0"),
+        "tcb_status": "UpToDate",
+        "advisory_ids": ("INTEL-SA-00615",),
+        "dev_mode": False,
     }
     base.update(changes)
     return RequestContext(**base)  # type: ignore[arg-type]
@@ -45,23 +49,44 @@ def test_legacy_layout_matches_original() -> None:
 def test_request_context_frozen_encoding() -> None:
     c = ctx()
     assert c.encode().hex() == (
-        "00000006"
+        "0000000a"
         "0000002f" + REQUEST_CONTEXT_LABEL.hex() + "00000020"
         "6327245c3a45d3d9ea72b70fbb671926e7b80f63d311bfd73dde876d5df02b26"
         "0000000e" + b"hkdf-sha256-v1".hex() + "00000006" + b"app/db".hex() + "00000004"
         "00000003"
-        "00000020" + "00" * 32
+        "00000020" + "00" * 32 + "00000015"
+        "00000002"
+        + "00000004"
+        + b"mrtd".hex()
+        + "00000005"
+        + b"rtmr0".hex()
+        + "00000008"
+        + b"UpToDate".hex()
+        + "00000016"
+        + "00000001"
+        + "0000000e"
+        + b"INTEL-SA-00615".hex()
+        + "00000001"
+        + "00"
     )
-    assert c.digest().hex() == "2f9df0da99bd1c3101192559ac268db1550b40ab540c34741e2aaa188179124a"
+    assert c.digest().hex() == "25e0ca6e80db5eebc7069cfc7ea770f58d59b17ec6b48f862cca5b8038120102"
     assert report_data_v1(bytes(80), c).hex() == (
         "5b6fb58e61fa475939767d68a446f97f1bff02c0e5935a3ea8bb51e6515783d8"
-        "2f9df0da99bd1c3101192559ac268db1550b40ab540c34741e2aaa188179124a"
+        "25e0ca6e80db5eebc7069cfc7ea770f58d59b17ec6b48f862cca5b8038120102"
     )
 
 
 def test_for_quote_hashes_the_quote() -> None:
     c = RequestContext.for_quote(
-        b"quote", scheme="hkdf-sha256-v1", key_name="app/db", key_version=3, policy_digest=bytes(32)
+        b"quote",
+        scheme="hkdf-sha256-v1",
+        key_name="app/db",
+        key_version=3,
+        policy_digest=bytes(32),
+        measurements=("mrtd", "rtmr0"),
+        tcb_status="UpToDate",
+        advisory_ids=("INTEL-SA-00615",),
+        dev_mode=False,
     )
     assert c == ctx()
 
@@ -74,6 +99,12 @@ def test_for_quote_hashes_the_quote() -> None:
         {"key_name": "app/dc"},
         {"key_version": 4},
         {"policy_digest": b"\x01" * 32},
+        {"measurements": ("mrtd", "rtmr0", "rtmr1")},
+        {"measurements": ("mrtd",)},
+        {"tcb_status": "SWHardeningNeeded"},
+        {"advisory_ids": ()},
+        {"advisory_ids": ("INTEL-SA-00615", "INTEL-SA-00289")},
+        {"dev_mode": True},
     ],
 )
 def test_every_field_is_bound(change: dict[str, object]) -> None:

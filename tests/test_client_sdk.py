@@ -350,6 +350,9 @@ def test_replayed_legacy_response_cannot_be_opened(
         {"key_version": 9},
         {"scheme": "legacy-sha256"},
         {"policy_digest": b"\x07" * 32},
+        {"measurements": ("mrtd",)},
+        {"tcb_status": "SWHardeningNeeded"},
+        {"advisory_ids": ("INTEL-SA-00615",)},
     ],
 )
 def test_v1_response_fields_are_bound(
@@ -378,6 +381,10 @@ def test_requested_scheme_must_be_the_one_answered(
             key_name="default",
             key_version=1,
             policy_digest=provider.policy_digest,
+            measurements=answer.v1.measurements,
+            tcb_status=answer.v1.tcb_status,
+            advisory_ids=answer.v1.advisory_ids,
+            dev_mode=answer.v1.dev_mode,
         )
         q = platform.quote(report_data_v1(answer.encrypted_key, ctx))
         return ProviderAnswer(
@@ -413,6 +420,10 @@ def test_provider_on_another_platform_is_refused(
                 key_name=key_name,
                 key_version=key_version,
                 policy_digest=provider.policy_digest,
+                measurements=("mrtd",),
+                tcb_status="UpToDate",
+                advisory_ids=(),
+                dev_mode=False,
             )
             q = platform_a.quote(report_data_v1(ek, ctx))
             v1 = KeyResponseV1(

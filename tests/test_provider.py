@@ -141,7 +141,15 @@ def test_v1_response_binds_request_context(provider: Provider, sim: SimPlatform)
     quote = td.quote()
     resp = provider.handle(KeyRequest(quote=quote, key_name="app/x", key_version=3))
     ctx = RequestContext.for_quote(
-        quote, scheme=resp.scheme, key_name="app/x", key_version=3, policy_digest=provider.policy_digest
+        quote,
+        scheme=resp.scheme,
+        key_name="app/x",
+        key_version=3,
+        policy_digest=provider.policy_digest,
+        measurements=resp.measurements,
+        tcb_status=resp.tcb_status,
+        advisory_ids=resp.advisory_ids,
+        dev_mode=False,
     )
     pq = parse_quote(resp.provider_quote)
     assert pq.report_data == report_data_v1(resp.encrypted_key, ctx)

@@ -116,6 +116,10 @@ def test_td_gets_a_stable_key_it_can_decrypt(client: httpx.Client, sim: SimPlatf
         key_name=body["key_name"],
         key_version=body["key_version"],
         policy_digest=bytes.fromhex(body["policy_digest"]),
+        measurements=tuple(body["measurements"]),
+        tcb_status=body["tcb_status"],
+        advisory_ids=tuple(body["advisory_ids"]),
+        dev_mode=body["dev_mode"],
     )
     assert pq.enclave_report.report_data == report_data_v1(base64.b64decode(body["encrypted_key"]), context)
     assert pq.enclave_report.mrenclave == DEFAULT_SIM_MRENCLAVE

@@ -10,8 +10,10 @@ Layouts (64 bytes, the SGX REPORTDATA):
 - legacy: ``SHA-256(encrypted_key) || 32 zero bytes``, byte-compatible with the original and with
   clients built for it (dstack checks bytes 368..400 of the v3 quote).
 - v1: ``SHA-256(encrypted_key) || SHA-256(request context)``. The second half pins *which* request was
-  answered (the TD quote, scheme, key name, key version) and under *which* policy, so a response cannot
-  be replayed as the answer to another request, and a client can tell which policy the provider applied.
+  answered (the TD quote, scheme, key name, key version), under *which* policy, and everything else the
+  response reports (measurements used, TCB status and advisories the provider saw, development mode),
+  so a response cannot be replayed as the answer to another request and no reported field can be
+  altered on the way.
 
 Every variable-length value is framed by :func:`encode_fields` (count and length prefixes), so distinct
 inputs can never produce the same bytes to be hashed.
@@ -61,11 +63,13 @@ def u32be(value: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """The request a v1 response answers, as both sides know it.
+    """The request a v1 response answers and what the response reports, as both sides know it.
 
     ``td_quote_sha256`` is SHA-256 over the exact TD quote bytes the client sent (see
     :meth:`for_quote`); ``policy_digest`` is the provider's :meth:`Policy.digest`, also published by
-    ``/v1/info`` so a client can pin it.
+    ``/v1/info`` so a client can pin it. ``measurements``, ``tcb_status``, ``advisory_ids`` and
+    ``dev_mode`` are the response's own report of what was applied: binding them means a client can rely
+    on them, not only on the key.
     """
 
     td_quote_sha256: bytes
@@ -73,6 +77,10 @@ class RequestContext:
     key_name: str
     key_version: int
     policy_digest: bytes
+    measurements: tuple[str, ...]
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    dev_mode: bool
 
     def __post_init__(self) -> None:
         if len(self.td_quote_sha256) != SHA256_SIZE:
@@ -83,7 +91,17 @@ class RequestContext:
 
     @classmethod
     def for_quote(
-        cls, td_quote: bytes, *, scheme: str, key_name: str, key_version: int, policy_digest: bytes
+        cls,
+        td_quote: bytes,
+        *,
+        scheme: str,
+        key_name: str,
+        key_version: int,
+        policy_digest: bytes,
+        measurements: tuple[str, ...],
+        tcb_status: str,
+        advisory_ids: tuple[str, ...],
+        dev_mode: bool,
     ) -> RequestContext:
         return cls(
             td_quote_sha256=hashlib.sha256(td_quote).digest(),
@@ -91,6 +109,10 @@ class RequestContext:
             key_name=key_name,
             key_version=key_version,
             policy_digest=policy_digest,
+            measurements=tuple(measurements),
+            tcb_status=tcb_status,
+            advisory_ids=tuple(advisory_ids),
+            dev_mode=dev_mode,
         )
 
     def encode(self) -> bytes:
@@ -102,6 +124,10 @@ class RequestContext:
             self.key_name.encode("utf-8"),
             u32be(self.key_version),
             self.policy_digest,
+            encode_fields(*(m.encode("utf-8") for m in self.measurements)),
+            self.tcb_status.encode("utf-8"),
+            encode_fields(*(a.encode("utf-8") for a in self.advisory_ids)),
+            b"\x01" if self.dev_mode else b"\x00",
         )
 
     def digest(self) -> bytes:
@@ -136,7 +162,8 @@ def verify_report_data_v1(report_data: bytes, encrypted_key: bytes, context: Req
         raise ResponseBindingInvalid("provider quote does not bind the encrypted key")
     if not hmac.compare_digest(report_data[SHA256_SIZE:], expected[SHA256_SIZE:]):
         raise ResponseBindingInvalid(
-            "provider quote does not bind this request (TD quote, scheme, key name, version or policy)"
+            "provider quote does not bind this request and answer (TD quote, scheme, key name, version, "
+            "policy, measurements, TCB status, advisories or development mode)"
         )
 
 

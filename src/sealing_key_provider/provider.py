@@ -255,6 +255,10 @@ class Provider:
                 key_name=derived.key_name,
                 key_version=derived.key_version,
                 policy_digest=self.policy_digest,
+                measurements=derived.measurements,
+                tcb_status=status,
+                advisory_ids=advisories,
+                dev_mode=self.dev_mode,
             )
             report_data = report_data_v1(encrypted_key, context)
         started = time.perf_counter()

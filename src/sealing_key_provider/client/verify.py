@@ -169,6 +169,10 @@ def verify_binding_v1(
             key_name=response.key_name,
             key_version=response.key_version,
             policy_digest=response.policy_digest,
+            measurements=response.measurements,
+            tcb_status=response.tcb_status,
+            advisory_ids=response.advisory_ids,
+            dev_mode=response.dev_mode,
         )
     except ValueError as e:
         raise ResponseBindingInvalid(f"provider answer cannot be bound: {e}") from None

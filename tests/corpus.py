@@ -22,6 +22,10 @@ class Case:
     expected: dict[str, Any] = field(repr=False, default_factory=dict)
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis prints failing examples with this: the case name, not 20 KB of bytes."""
+        printer.text(f"Case({self.name!r})")
+
     @property
     def collateral(self) -> Collateral:
         return Collateral.from_json(self.collateral_text)

@@ -28,7 +28,7 @@ from cryptography import x509
 from ..binding import RequestContext, verify_report_data_legacy, verify_report_data_v1
 from ..collateral.source import CollateralSource, for_quote
 from ..dcap import PckIdentity, Quote, TeeType, VerifiedQuote, Verifier, parse_quote
-from ..dcap.pck import pck_identity
+from ..dcap.pck import X509_ERRORS, pck_identity
 from ..errors import (
     AdvisoryDenied,
     CollateralError,
@@ -42,6 +42,9 @@ from ..errors import (
 from ..wire import KeyResponseV1
 from .errors import TdQuoteInvalid
 from .trust import ProviderTrust
+
+#: A TD quote whose PCK certificate cannot be read: cryptography's parse errors, or none at all.
+_PCK_READ_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, IndexError, QuoteError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ def inspect_td_quote(td_quote: bytes, report_data: bytes) -> TdQuoteInfo:
     try:
         leaf = x509.load_pem_x509_certificates(parsed.pck_chain_pem)[0]
         pck = pck_identity(leaf)
-    except (ValueError, IndexError, QuoteError) as e:
+    except _PCK_READ_ERRORS as e:
         detail = e.message if isinstance(e, QuoteError) else "no readable PCK certificate chain"
         raise TdQuoteInvalid(f"the TD quote carries no usable PCK certificate: {detail}") from None
     return TdQuoteInfo(td_quote, parsed, pck)

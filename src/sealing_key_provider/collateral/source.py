@@ -18,7 +18,7 @@ from cryptography import x509
 
 from ..dcap.abi import Quote
 from ..dcap.collateral import MAX_COLLATERAL_JSON, Collateral
-from ..dcap.pck import pck_identity
+from ..dcap.pck import X509_ERRORS, pck_identity
 from ..errors import CollateralMalformed, CollateralUnavailable, PckChainInvalid
 
 TEE_TYPES: Final = ("sgx", "tdx")
@@ -65,7 +65,7 @@ def for_quote(quote: Quote) -> tuple[str, bytes, str]:
     """
     try:
         certs = x509.load_pem_x509_certificates(quote.pck_chain_pem)
-    except ValueError as e:
+    except X509_ERRORS as e:
         raise PckChainInvalid(f"PCK certificate chain in the quote cannot be parsed: {e}") from e
     if not certs:
         raise PckChainInvalid("PCK certificate chain in the quote is empty")

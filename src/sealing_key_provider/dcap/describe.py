@@ -6,7 +6,9 @@ from cryptography import x509
 
 from ..errors import ProviderError
 from .abi import EnclaveReport, Quote, TdReport
-from .pck import pck_identity
+from .pck import X509_ERRORS, pck_identity
+
+_READ_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, IndexError, ProviderError)
 
 
 def enclave_report_dict(r: EnclaveReport) -> dict[str, object]:
@@ -80,6 +82,6 @@ def quote_dict(q: Quote) -> dict[str, object]:
         certs = x509.load_pem_x509_certificates(q.pck_chain_pem)
         out["pck"] = pck_identity(certs[0]).to_dict()
         out["pck_chain_subjects"] = [c.subject.rfc4514_string() for c in certs]
-    except (ValueError, IndexError, ProviderError) as e:
+    except _READ_ERRORS as e:
         out["pck_error"] = str(e)
     return out

@@ -10,10 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from ..errors import PckCertificateInvalid
 
 SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
+
+#: What ``cryptography`` raises for malformed certificate or CRL data. It parses lazily, on attribute
+#: access, and not all of these are ``ValueError``s, so every parsing boundary catches this tuple.
+X509_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    x509.AttributeNotFound,
+)
 
 _PREFIX = "1.2.840.113741.1.13.1"
 
@@ -229,9 +242,13 @@ def pck_identity(cert: x509.Certificate) -> PckIdentity:
         ext = cert.extensions.get_extension_for_oid(SGX_EXTENSION_OID)
     except x509.ExtensionNotFound as e:
         raise PckCertificateInvalid("PCK certificate has no SGX extension") from e
-    except ValueError as e:
+    except X509_ERRORS as e:
         raise PckCertificateInvalid(f"PCK certificate extensions are malformed: {e}") from e
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):
         raise PckCertificateInvalid("PCK certificate SGX extension has an unexpected form")
-    return parse_sgx_extension(value.value, ca_type_of(cert.issuer))
+    try:
+        issuer = cert.issuer
+    except X509_ERRORS as e:
+        raise PckCertificateInvalid(f"PCK certificate issuer is malformed: {e}") from e
+    return parse_sgx_extension(value.value, ca_type_of(issuer))

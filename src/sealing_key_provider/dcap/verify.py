@@ -18,6 +18,7 @@ expired document. Caches are bounded LRUs guarded by a lock, so one verifier can
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -60,7 +61,7 @@ from .collateral import (
     parse_enclave_identity,
     parse_tcb_info,
 )
-from .pck import PckIdentity, pck_identity
+from .pck import X509_ERRORS, PckIdentity, pck_identity
 from .trust import intel_sgx_root_ca
 
 
@@ -125,6 +126,20 @@ class _Lru(Generic[_K, _V]):
         self._data: OrderedDict[_K, _V] = OrderedDict()
         self._lock = threading.Lock()
 
+    def get(self, key: _K) -> _V | None:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        return None
+
+    def put(self, key: _K, value: _V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            if len(self._data) > self._size:
+                self._data.popitem(last=False)
+
     def get_or_make(self, key: _K, make: Callable[[], _V]) -> _V:
         with self._lock:
             if key in self._data:
@@ -159,42 +174,17 @@ def _cert_window(cert: x509.Certificate, what: str, pck: bool) -> _Window:
     )
 
 
-def _raw_sig_ok(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes) -> bool:
-    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"))
-    try:
-        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
 def _p256_key(cert: x509.Certificate, what: str, err: type[ProviderError]) -> ec.EllipticCurvePublicKey:
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except X509_ERRORS as e:
+        raise err(f"{what} key cannot be loaded: {e}") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise err(f"{what} key is not ECDSA P-256")
     return key
 
 
 _ECDSA_SHA256 = x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256
-
-
-def _signed_by(
-    tbs: bytes, signature: bytes, algorithm: x509.ObjectIdentifier, key: ec.EllipticCurvePublicKey
-) -> bool:
-    """An X.509 signature (certificate or CRL) by ``key``; Intel's PKI uses ecdsa-with-SHA256 only."""
-    if algorithm != _ECDSA_SHA256:
-        return False
-    try:
-        key.verify(signature, tbs, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
-def _issued_by(child: x509.Certificate, parent_key: ec.EllipticCurvePublicKey) -> bool:
-    """Issuance is proven by the parent key's signature. Names are not compared: with pinned keys they add
-    nothing, and building ``x509.Name`` objects would cost more than the signature check itself."""
-    return _signed_by(child.tbs_certificate_bytes, child.signature, child.signature_algorithm_oid, parent_key)
 
 
 def _der_tbs(der: bytes) -> bytes:
@@ -234,7 +224,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _load_chain(pem: bytes, count: int, what: str, err: type[ProviderError]) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as e:
+    except X509_ERRORS as e:
         raise err(f"{what} is not a PEM certificate chain: {e}") from e
     if len(certs) != count:
         raise err(f"{what} must hold {count} certificates, it holds {len(certs)}")
@@ -259,6 +249,92 @@ def _check_windows(windows: Iterable[_Window], now: int) -> None:
             raise CollateralExpired(f"{w.what} expired at {_time(w.end)} (now {_time(now)})")
 
 
+# --- Signature checks, batched ----------------------------------------------------------------------
+
+_ECDSA_P256_SHA256 = ec.ECDSA(hashes.SHA256())
+#: Batches at least this large run on two threads (each check is ~70 us; a thread costs ~50 us).
+_PARALLEL_MIN = 4
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    key: ec.EllipticCurvePublicKey
+    signature: bytes  # DER
+    data: bytes
+    fail: Callable[[], ProviderError]
+
+
+def _check_ok(check: _Check) -> bool:
+    try:
+        check.key.verify(check.signature, check.data, _ECDSA_P256_SHA256)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+class _Batch:
+    """Independent ECDSA checks, collected while a chain or collateral is prepared, then run together.
+
+    A cold verification has nine of them (PCK chain, TCB signing chain, TCB info, QE identity, two CRLs,
+    QE report, quote) and they are most of its cost. ``cryptography`` releases the GIL while verifying,
+    so on a multi-core machine half of a large batch runs on a helper thread. Results are examined in
+    collection order, so the error reported never depends on timing, and cache entries are committed
+    (``on_success``) only after every check of the batch passed.
+    """
+
+    __slots__ = ("checks", "commits")
+
+    def __init__(self) -> None:
+        self.checks: list[_Check] = []
+        self.commits: list[Callable[[], None]] = []
+
+    def raw(
+        self, key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes, fail: Callable[[], ProviderError]
+    ) -> None:
+        """A raw r||s signature (quotes, QE reports, collateral documents)."""
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"))
+        self.checks.append(_Check(key, der, data, fail))
+
+    def x509(
+        self,
+        key: ec.EllipticCurvePublicKey,
+        signature: bytes,
+        tbs: bytes,
+        algorithm: x509.ObjectIdentifier,
+        fail: Callable[[], ProviderError],
+    ) -> None:
+        """An X.509 signature (certificate or CRL); Intel's PKI uses ecdsa-with-SHA256 only."""
+        if algorithm != _ECDSA_SHA256:
+            raise fail()
+        self.checks.append(_Check(key, signature, tbs, fail))
+
+    def on_success(self, commit: Callable[[], None]) -> None:
+        self.commits.append(commit)
+
+    def run(self) -> None:
+        checks = self.checks
+        if len(checks) >= _PARALLEL_MIN and _CPUS > 1:
+            split = len(checks) // 2
+            tail: list[bool] = []
+            helper = threading.Thread(target=lambda: tail.extend(_check_ok(c) for c in checks[split:]))
+            helper.start()
+            try:
+                results = [_check_ok(c) for c in checks[:split]]
+            finally:
+                helper.join()
+            results += tail
+        else:
+            results = [_check_ok(c) for c in checks]
+        if len(results) != len(checks):  # the helper thread died: fail closed
+            raise checks[len(results) if len(results) < len(checks) else 0].fail()
+        for check, ok in zip(checks, results, strict=True):
+            if not ok:
+                raise check.fail()
+        for commit in self.commits:
+            commit()
+
+
 # --- Prepared (cached) pieces ---------------------------------------------------------------------
 
 
@@ -278,6 +354,8 @@ class _PreparedCollateral:
     root_crl: x509.CertificateRevocationList
     pck_crl: x509.CertificateRevocationList
     pck_crl_issuer: x509.Certificate
+    #: Collateral signing certificates the root CA CRL revokes ("TCB signing", ...).
+    revoked: tuple[str, ...]
     windows: tuple[_Window, ...]
 
 
@@ -303,7 +381,7 @@ class Verifier:
                     if trust_anchor.lstrip().startswith(b"-----BEGIN")
                     else x509.load_der_x509_certificate(trust_anchor)
                 )
-            except ValueError as e:
+            except X509_ERRORS as e:
                 raise PckChainInvalid(f"trust anchor is not a certificate: {e}") from e
         self._anchor = anchor
         # The anchor is trusted by configuration, so its self-signature proves nothing and is not checked.
@@ -314,7 +392,6 @@ class Verifier:
         self._chain_cache: _Lru[bytes, tuple[x509.Certificate, ec.EllipticCurvePublicKey]] = _Lru(64)
         self._qe_sig_cache: _Lru[tuple[bytes, bytes, bytes], bool] = _Lru(1024)
         self._att_key_cache: _Lru[bytes, ec.EllipticCurvePublicKey] = _Lru(1024)
-        self._issued_cache: _Lru[x509.Certificate, bool] = _Lru(256)
 
     @property
     def trust_anchor(self) -> x509.Certificate:
@@ -329,25 +406,45 @@ class Verifier:
         FMSPC and CA type without parsing certificates again and without trusting an unchecked leaf.
         Certificate validity at a given time is checked by :meth:`verify`, not here.
         """
-        return self._pck_cache.get_or_make(
-            quote.pck_chain_pem, lambda: self._prepare_pck(quote.pck_chain_pem)
-        ).identity
+        pck = self._pck_cache.get(quote.pck_chain_pem)
+        if pck is None:
+            batch = _Batch()
+            pck = self._build_pck(quote.pck_chain_pem, batch)
+            batch.run()
+        return pck.identity
 
     def verify(self, quote: bytes | Quote, collateral: Collateral, now: int) -> VerifiedQuote:
         """Verify ``quote`` with ``collateral`` at Unix time ``now``; raise a typed error on failure."""
         q = quote if isinstance(quote, Quote) else parse_quote(quote)
-        pck = self._pck_cache.get_or_make(q.pck_chain_pem, lambda: self._prepare_pck(q.pck_chain_pem))
-        prepared = self._collateral_cache.get_or_make(
-            collateral, lambda: self._prepare_collateral(collateral)
+        batch = _Batch()
+        pck = self._pck_cache.get(q.pck_chain_pem) or self._build_pck(q.pck_chain_pem, batch)
+        prepared = self._collateral_cache.get(collateral) or self._build_collateral(collateral, batch, pck)
+        qe_sig_key = (q.qe_report.raw, q.qe_report_signature, q.pck_chain_pem)
+        if self._qe_sig_cache.get(qe_sig_key) is None:
+            batch.raw(
+                pck.leaf_key,
+                q.qe_report_signature,
+                q.qe_report.raw,
+                lambda: QeReportSignatureInvalid(
+                    "QE report signature does not verify with the PCK certificate key"
+                ),
+            )
+            batch.on_success(lambda: self._qe_sig_cache.put(qe_sig_key, True))
+        batch.raw(
+            self._attestation_key(q),
+            q.signature,
+            q.signed_data,
+            lambda: QuoteSignatureInvalid("quote signature does not verify with the attestation key"),
         )
+        batch.run()
+
         _check_windows(pck.windows, now)
         _check_windows(prepared.windows, now)
         self._check_revocation(pck, prepared)
         tcb_info, qe_identity = prepared.tcb_info, prepared.qe_identity
         self._check_binding(q, pck.identity, tcb_info, qe_identity)
-        self._check_qe_report(q, pck)
+        self._check_qe_report_data(q)
         qe_level = self._check_qe_identity(q, qe_identity)
-        self._check_quote_signature(q)
 
         if q.is_tdx:
             td = q.td_report
@@ -384,33 +481,45 @@ class Verifier:
             tcb_evaluation_data_number=tcb_info.tcb_evaluation_data_number,
         )
 
-    def _issued_by_anchor(self, child: x509.Certificate) -> bool:
-        # The PCK CA signed by the root appears in the quote and again in the PCK CRL issuer chain.
-        return self._issued_cache.get_or_make(child, lambda: _issued_by(child, self._anchor_key))
-
     # -- PCK chain ------------------------------------------------------------------------------------
 
-    def _prepare_pck(self, pem: bytes) -> _PckChain:
+    def _build_pck(self, pem: bytes, batch: _Batch) -> _PckChain:
+        """Parse and check the chain's structure now; its signatures join ``batch``; cached on success."""
         # cryptography parses certificate fields lazily: a damaged field raises ValueError on access.
         try:
-            return self._prepare_pck_inner(pem)
-        except ValueError as e:
+            pck = self._build_pck_inner(pem, batch)
+        except X509_ERRORS as e:
             raise PckChainInvalid(f"PCK certificate chain is malformed: {e}") from e
+        batch.on_success(lambda: self._pck_cache.put(pem, pck))
+        return pck
 
-    def _prepare_pck_inner(self, pem: bytes) -> _PckChain:
+    def _build_pck_inner(self, pem: bytes, batch: _Batch) -> _PckChain:
         leaf, inter, root = _load_chain(pem, 3, "PCK certificate chain in the quote", PckChainInvalid)
         if root != self._anchor:
             raise PckChainInvalid(
                 f"PCK certificate chain ends in {root.subject.rfc4514_string()!r}, not the trusted root "
                 f"{self._anchor.subject.rfc4514_string()!r}"
             )
-        if not self._issued_by_anchor(inter) or not _is_ca(inter):
-            raise PckChainInvalid("PCK intermediate CA certificate is not a CA signed by the trusted root")
-        if not _issued_by(leaf, _p256_key(inter, "PCK intermediate CA", PckChainInvalid)):
-            raise PckChainInvalid("PCK certificate is not signed by the PCK intermediate CA in the chain")
+        if not _is_ca(inter):
+            raise PckChainInvalid("PCK intermediate CA certificate is not a CA certificate")
         if "SGX PCK Certificate" not in _cn(leaf.subject):
             raise PckChainInvalid(f"leaf certificate {_cn(leaf.subject)!r} is not an SGX PCK certificate")
+        inter_key = _p256_key(inter, "PCK intermediate CA", PckChainInvalid)
         leaf_key = _p256_key(leaf, "PCK certificate", PckChainInvalid)
+        batch.x509(
+            self._anchor_key,
+            inter.signature,
+            inter.tbs_certificate_bytes,
+            inter.signature_algorithm_oid,
+            lambda: PckChainInvalid("PCK intermediate CA certificate is not signed by the trusted root"),
+        )
+        batch.x509(
+            inter_key,
+            leaf.signature,
+            leaf.tbs_certificate_bytes,
+            leaf.signature_algorithm_oid,
+            lambda: PckChainInvalid("PCK certificate is not signed by the PCK intermediate CA in the chain"),
+        )
         identity = pck_identity(leaf)
         windows = (
             _cert_window(leaf, "PCK certificate", True),
@@ -421,19 +530,28 @@ class Verifier:
 
     # -- Collateral -----------------------------------------------------------------------------------
 
-    def _signing_chain(self, pem: bytes, what: str) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
-        def make() -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
-            signer, root = _load_chain(pem, 2, what, CollateralMalformed)
-            if root != self._anchor:
-                raise CollateralSignatureInvalid(f"{what} does not end in the trusted root")
-            if not self._issued_by_anchor(signer):
-                raise CollateralSignatureInvalid(f"{what}: signing certificate is not signed by the root")
-            # Role separation: the root also signs the PCK CAs, which must not be able to sign collateral.
-            if "SGX TCB Signing" not in _cn(signer.subject):
-                raise CollateralSignatureInvalid(f"{what}: the signer is not an SGX TCB Signing certificate")
-            return signer, _p256_key(signer, what, CollateralSignatureInvalid)
-
-        return self._chain_cache.get_or_make(pem, make)
+    def _signing_chain(
+        self, pem: bytes, what: str, batch: _Batch
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
+        cached = self._chain_cache.get(pem)
+        if cached is not None:
+            return cached
+        signer, root = _load_chain(pem, 2, what, CollateralMalformed)
+        if root != self._anchor:
+            raise CollateralSignatureInvalid(f"{what} does not end in the trusted root")
+        # Role separation: the root also signs the PCK CAs, which must not be able to sign collateral.
+        if "SGX TCB Signing" not in _cn(signer.subject):
+            raise CollateralSignatureInvalid(f"{what}: the signer is not an SGX TCB Signing certificate")
+        batch.x509(
+            self._anchor_key,
+            signer.signature,
+            signer.tbs_certificate_bytes,
+            signer.signature_algorithm_oid,
+            lambda: CollateralSignatureInvalid(f"{what}: signing certificate is not signed by the root"),
+        )
+        result = (signer, _p256_key(signer, what, CollateralSignatureInvalid))
+        batch.on_success(lambda: self._chain_cache.put(pem, result))
+        return result
 
     def _load_crl(self, data: bytes, what: str) -> tuple[x509.CertificateRevocationList, bytes]:
         """The CRL and its DER bytes (PEM input is converted once)."""
@@ -442,25 +560,19 @@ class Verifier:
                 crl = x509.load_pem_x509_crl(data)
                 return crl, crl.public_bytes(serialization.Encoding.DER)
             return x509.load_der_x509_crl(data), data
-        except ValueError as e:
+        except X509_ERRORS as e:
             raise CollateralMalformed(f"{what} is not a CRL: {e}") from e
 
-    def _check_crl(
+    def _add_crl(
         self,
+        batch: _Batch,
+        *,
         crl: x509.CertificateRevocationList,
         der: bytes,
         key: ec.EllipticCurvePublicKey,
         issuer: x509.Certificate,
         what: str,
     ) -> None:
-        if not _signed_by(_der_tbs(der), crl.signature, crl.signature_algorithm_oid, key):
-            # Names are compared only to explain the failure (see _issued_by).
-            if crl.issuer != issuer.subject:
-                raise CollateralMismatch(
-                    f"{what} was issued by {crl.issuer.rfc4514_string()!r}, "
-                    f"expected {issuer.subject.rfc4514_string()!r}"
-                )
-            raise CollateralSignatureInvalid(f"{what} signature is invalid")
         try:
             crl.extensions.get_extension_for_class(x509.CRLNumber)
             crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
@@ -468,8 +580,21 @@ class Verifier:
             raise CollateralMalformed(
                 f"{what} lacks the CRL Number or Authority Key Identifier extension"
             ) from e
-        except ValueError as e:
-            raise CollateralMalformed(f"{what} has malformed extensions: {e}") from e
+
+        def fail() -> ProviderError:
+            # Issuance is proven by the issuer key's signature; names are compared only to explain a
+            # failure (building x509.Name objects costs more than the signature check itself).
+            try:
+                if crl.issuer != issuer.subject:
+                    return CollateralMismatch(
+                        f"{what} was issued by {crl.issuer.rfc4514_string()!r}, "
+                        f"expected {issuer.subject.rfc4514_string()!r}"
+                    )
+            except X509_ERRORS:
+                pass
+            return CollateralSignatureInvalid(f"{what} signature is invalid")
+
+        batch.x509(key, crl.signature, _der_tbs(der), crl.signature_algorithm_oid, fail)
 
     @staticmethod
     def _crl_window(crl: x509.CertificateRevocationList, what: str) -> _Window:
@@ -478,39 +603,66 @@ class Verifier:
             raise CollateralMalformed(f"{what} has no nextUpdate")
         return _Window(int(crl.last_update_utc.timestamp()), int(next_update.timestamp()), what, False)
 
-    def _prepare_collateral(self, c: Collateral) -> _PreparedCollateral:
+    def _build_collateral(self, c: Collateral, batch: _Batch, pck: _PckChain) -> _PreparedCollateral:
         try:
-            return self._prepare_collateral_inner(c)
-        except ValueError as e:
+            prepared = self._build_collateral_inner(c, batch, pck)
+        except X509_ERRORS as e:
             raise CollateralMalformed(f"collateral certificate or CRL is malformed: {e}") from e
+        batch.on_success(lambda: self._collateral_cache.put(c, prepared))
+        return prepared
 
-    def _prepare_collateral_inner(self, c: Collateral) -> _PreparedCollateral:
-        tcb_signer, tcb_key = self._signing_chain(c.tcb_info_issuer_chain, "TCB info issuer chain")
-        if not _raw_sig_ok(tcb_key, c.tcb_info_signature, c.tcb_info):
-            raise CollateralSignatureInvalid("TCB info signature is invalid")
-        qe_signer, qe_key = self._signing_chain(c.qe_identity_issuer_chain, "QE identity issuer chain")
-        if not _raw_sig_ok(qe_key, c.qe_identity_signature, c.qe_identity):
-            raise CollateralSignatureInvalid("QE identity signature is invalid")
-        tcb_info = parse_tcb_info(c.tcb_info)
-        qe_identity = parse_enclave_identity(c.qe_identity)
-
+    def _build_collateral_inner(self, c: Collateral, batch: _Batch, pck: _PckChain) -> _PreparedCollateral:
+        tcb_signer, tcb_key = self._signing_chain(c.tcb_info_issuer_chain, "TCB info issuer chain", batch)
+        batch.raw(
+            tcb_key,
+            c.tcb_info_signature,
+            c.tcb_info,
+            lambda: CollateralSignatureInvalid("TCB info signature is invalid"),
+        )
+        if c.qe_identity_issuer_chain == c.tcb_info_issuer_chain:
+            qe_signer, qe_key = tcb_signer, tcb_key
+        else:
+            qe_signer, qe_key = self._signing_chain(
+                c.qe_identity_issuer_chain, "QE identity issuer chain", batch
+            )
+        batch.raw(
+            qe_key,
+            c.qe_identity_signature,
+            c.qe_identity,
+            lambda: CollateralSignatureInvalid("QE identity signature is invalid"),
+        )
         root_crl, root_der = self._load_crl(c.root_ca_crl, "root CA CRL")
-        self._check_crl(root_crl, root_der, self._anchor_key, self._anchor, "root CA CRL")
+        self._add_crl(
+            batch, crl=root_crl, der=root_der, key=self._anchor_key, issuer=self._anchor, what="root CA CRL"
+        )
         crl_ca, crl_root = _load_chain(c.pck_crl_issuer_chain, 2, "PCK CRL issuer chain", CollateralMalformed)
         if crl_root != self._anchor:
             raise CollateralSignatureInvalid("PCK CRL issuer chain does not end in the trusted root")
-        if not self._issued_by_anchor(crl_ca):
-            raise CollateralSignatureInvalid("PCK CRL issuer certificate is not signed by the root")
+        if crl_ca != pck.intermediate:  # the same certificate is checked with the PCK chain
+            batch.x509(
+                self._anchor_key,
+                crl_ca.signature,
+                crl_ca.tbs_certificate_bytes,
+                crl_ca.signature_algorithm_oid,
+                lambda: CollateralSignatureInvalid("PCK CRL issuer certificate is not signed by the root"),
+            )
         pck_crl, pck_der = self._load_crl(c.pck_crl, "PCK CRL")
         crl_ca_key = _p256_key(crl_ca, "PCK CRL issuer", CollateralSignatureInvalid)
-        self._check_crl(pck_crl, pck_der, crl_ca_key, crl_ca, "PCK CRL")
-        for cert, what in (
-            (tcb_signer, "TCB signing"),
-            (qe_signer, "QE identity signing"),
-            (crl_ca, "PCK CA"),
-        ):
-            if root_crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                raise CertificateRevoked(f"the {what} certificate is revoked by the root CA CRL")
+        self._add_crl(batch, crl=pck_crl, der=pck_der, key=crl_ca_key, issuer=crl_ca, what="PCK CRL")
+        # The signed documents are parsed now (their signatures are checked with the batch): a parse
+        # error on a forged document is still a typed error, and nothing is cached unless all verify.
+        tcb_info = parse_tcb_info(c.tcb_info)
+        qe_identity = parse_enclave_identity(c.qe_identity)
+        # Judged after the batch (in _check_revocation): a CRL is believed only once its signature is.
+        revoked = tuple(
+            what
+            for cert, what in (
+                (tcb_signer, "TCB signing"),
+                (qe_signer, "QE identity signing"),
+                (crl_ca, "PCK CA"),
+            )
+            if root_crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+        )
 
         windows = (
             self._anchor_window,
@@ -522,15 +674,17 @@ class Verifier:
             _Window(tcb_info.issue_date, tcb_info.next_update, "TCB info", False),
             _Window(qe_identity.issue_date, qe_identity.next_update, "QE identity", False),
         )
-        return _PreparedCollateral(tcb_info, qe_identity, root_crl, pck_crl, crl_ca, windows)
+        return _PreparedCollateral(tcb_info, qe_identity, root_crl, pck_crl, crl_ca, revoked, windows)
 
     def _check_revocation(self, pck: _PckChain, c: _PreparedCollateral) -> None:
         try:
             self._check_revocation_inner(pck, c)
-        except ValueError as e:
+        except X509_ERRORS as e:
             raise CollateralMalformed(f"CRL is malformed: {e}") from e
 
     def _check_revocation_inner(self, pck: _PckChain, c: _PreparedCollateral) -> None:
+        if c.revoked:
+            raise CertificateRevoked(f"the {c.revoked[0]} certificate is revoked by the root CA CRL")
         if (
             pck.intermediate != c.pck_crl_issuer
             and pck.intermediate.public_key() != c.pck_crl_issuer.public_key()
@@ -562,19 +716,10 @@ class Verifier:
                 f"TCB info is for PCE-ID {tcb.pce_id.hex()}, the platform's is {pck.pce_id.hex()}"
             )
 
-    # -- QE and quote signatures ---------------------------------------------------------------------
+    # -- QE and quote ---------------------------------------------------------------------------------
 
-    def _check_qe_report(self, q: Quote, pck: _PckChain) -> None:
-        key = (q.qe_report.raw, q.qe_report_signature, q.pck_chain_pem)
-
-        def make() -> bool:
-            if not _raw_sig_ok(pck.leaf_key, q.qe_report_signature, q.qe_report.raw):
-                raise QeReportSignatureInvalid(
-                    "QE report signature does not verify with the PCK certificate key"
-                )
-            return True
-
-        self._qe_sig_cache.get_or_make(key, make)
+    @staticmethod
+    def _check_qe_report_data(q: Quote) -> None:
         expected = hashlib.sha256(q.attestation_key + q.qe_auth_data).digest()
         rd = q.qe_report.report_data
         if rd[:32] != expected or any(rd[32:]):
@@ -605,7 +750,7 @@ class Verifier:
                 return level
         raise TcbLevelNotFound(f"QE ISVSVN {r.isvsvn} is below every level of the QE identity")
 
-    def _check_quote_signature(self, q: Quote) -> None:
+    def _attestation_key(self, q: Quote) -> ec.EllipticCurvePublicKey:
         def make() -> ec.EllipticCurvePublicKey:
             try:
                 return ec.EllipticCurvePublicKey.from_encoded_point(
@@ -614,9 +759,7 @@ class Verifier:
             except ValueError as e:
                 raise QuoteSignatureInvalid("attestation key is not a valid P-256 point") from e
 
-        key = self._att_key_cache.get_or_make(q.attestation_key, make)
-        if not _raw_sig_ok(key, q.signature, q.signed_data):
-            raise QuoteSignatureInvalid("quote signature does not verify with the attestation key")
+        return self._att_key_cache.get_or_make(q.attestation_key, make)
 
     # -- TCB levels -----------------------------------------------------------------------------------
 

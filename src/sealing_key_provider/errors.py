@@ -188,6 +188,30 @@ class UnknownScheme(RequestError):
     code = "UNKNOWN_SCHEME"
 
 
+class RequestTimeout(RequestError):
+    """The client did not deliver a complete request within ``server.io_timeout``."""
+
+    code = "REQUEST_TIMEOUT"
+    http_status = 408
+
+
+class UnsupportedMediaType(RequestError):
+    """``POST /v1/keys`` takes ``application/json`` only."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
+class NotFound(ProviderError):
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class MethodNotAllowed(ProviderError):
+    code = "METHOD_NOT_ALLOWED"
+    http_status = 405
+
+
 class RateLimited(ProviderError):
     code = "RATE_LIMITED"
     http_status = 429

@@ -12,6 +12,7 @@ the provider refused (the message names the code, e.g. ``PROVIDER_IDENTITY_MISMA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import secrets
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..cliutil import report_failure, usage_error
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
 from ..dcap import Verifier
@@ -78,16 +80,11 @@ def _positive(text: str) -> float:
 
 
 def _usage(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return usage_error(message, PROG)
 
 
 def _fail(error: ProviderError | OSError) -> int:
-    if isinstance(error, ProviderError):
-        print(f"{PROG}: {error}", file=sys.stderr)
-    else:
-        print(f"{PROG}: {error.filename or ''}: {error.strerror}", file=sys.stderr)
-    return 1
+    return report_failure(error, f"{PROG}: ")
 
 
 # --- output -----------------------------------------------------------------------------------------
@@ -127,10 +124,10 @@ def write_key_file(path: str | Path, key: bytes, *, force: bool = False) -> None
         dir_fd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
     except OSError:
         return
+    # Some filesystems refuse fsync on directories; the file itself is synced either way.
     try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the file itself is synced
+        with contextlib.suppress(OSError):
+            os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 

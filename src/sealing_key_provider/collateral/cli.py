@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cliutil import write_atomically
 from ..dcap.abi import parse_quote
 from ..dcap.collateral import Collateral
 from ..errors import ConfigError, ProviderError
@@ -26,21 +25,6 @@ from .source import CollateralKey, bundle_json, for_quote
 
 if TYPE_CHECKING:
     from ..sim import SimPlatform
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    directory = path.resolve().parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +68,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
                 fetched[key] = collateral
                 print(f"{name}: fetched collateral for {key}", file=sys.stderr)
         text = next(iter(fetched.values())).to_json() if len(args.quote) == 1 else bundle_json(fetched)
-        write_atomically(out, text)
+        write_atomically(out, (text).encode("utf-8"))
     except ProviderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cliutil import usage_error
 from ..errors import ProviderError
 from .abi import parse_quote
 from .collateral import Collateral
@@ -42,8 +43,7 @@ def _print_table(obj: dict[str, Any], indent: int = 0) -> None:
 
 
 def _usage(message: str) -> int:
-    print(f"sealing-key-provider: error: {message}", file=sys.stderr)
-    return 2
+    return usage_error(message)
 
 
 def _inspect(args: argparse.Namespace) -> int:

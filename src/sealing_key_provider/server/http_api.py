@@ -29,11 +29,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..dcap.abi import MAX_QUOTE_SIZE
-from ..errors import BadRequest, ProviderError, RequestTooLarge
+from ..errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    ProviderError,
+    RequestTimeout,
+    RequestTooLarge,
+    UnsupportedMediaType,
+)
 from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION
 from ..provider import KeyRequest
 from ..wire import KeyRequestV1, KeyResponseV1, b64encode, error_body
-from .errors import MethodNotAllowed, NotFound, RequestTimeout, UnsupportedMediaType
 from .metrics import CONTENT_TYPE
 from .service import KeyService
 

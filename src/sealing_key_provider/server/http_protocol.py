@@ -21,7 +21,7 @@ import logging
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .errors import RequestTimeout
+from ..errors import RequestTimeout
 from .service import KeyService
 
 log = logging.getLogger("sealing_key_provider.server.http")

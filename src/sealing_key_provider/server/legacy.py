@@ -22,10 +22,9 @@ import socket
 import time
 from typing import Final
 
-from ..errors import BadRequest, ProviderError
+from ..errors import BadRequest, ProviderError, RequestTimeout
 from ..provider import KeyRequest
 from ..wire import LENGTH_PREFIX, check_frame_length, decode_legacy_request, encode_legacy_response
-from .errors import RequestTimeout
 from .service import KeyService
 
 log = logging.getLogger("sealing_key_provider.server.legacy")

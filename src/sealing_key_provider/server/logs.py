@@ -24,7 +24,7 @@ from typing import Final, TextIO
 from ..config import LoggingConfig
 
 HUMAN_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: ``key=%s`` / ``key=%r`` / ``key=%d`` placeholders of a message template.
+#: ``key=%s`` / ``key=%r`` / ``key=%d`` fields of a message template.
 _FIELD_RE: Final = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=%[srd]")
 _PLACEHOLDER_RE: Final = re.compile(r"%[srdif]")
 _RESERVED: Final = frozenset({"time", "level", "logger", "message", "exc", "event"})
@@ -35,7 +35,7 @@ _UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicor
 def structured_fields(record: logging.LogRecord) -> dict[str, object]:
     """Fields named by a ``key=%s``-style template, paired with the record's arguments in order.
 
-    Only templates whose every placeholder is named qualify; anything else yields no fields rather
+    Only templates whose every field is named qualify; anything else yields no fields rather
     than fields paired with the wrong values. The first word of such a template (e.g. ``granted``,
     ``denied``) is returned as ``event``.
     """

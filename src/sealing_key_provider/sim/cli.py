@@ -9,13 +9,12 @@ damaged state directory is exit 1 with the error code. This is the edge: reading
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..cliutil import report_failure, usage_error, write_atomically
 from ..dcap.abi import BodyType
 from ..errors import ProviderError
 from .collateral import Scenario
@@ -53,28 +52,11 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _usage(message: str) -> int:
-    print(f"sealing-key-provider sim: error: {message}", file=sys.stderr)
-    return 2
+    return usage_error(message, "sealing-key-provider sim")
 
 
 def _fail(error: ProviderError | OSError) -> int:
-    if isinstance(error, ProviderError):
-        print(f"error: {error}", file=sys.stderr)
-    else:
-        print(f"error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
-    return 1
-
-
-def _write_out(path: str, data: bytes) -> None:
-    """Write an output file whole: to a temporary sibling first, then renamed into place."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return report_failure(error, "error: ")
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -137,7 +119,7 @@ def _cmd_quote(args: argparse.Namespace) -> int:
                 version=version,
                 body=body,
             )
-        _write_out(args.out, data)
+        write_atomically(args.out, data)
     except (ProviderError, OSError) as e:
         return _fail(e)
     print(f"wrote {len(data)}-byte {args.tee.upper()} quote to {args.out}")
@@ -152,7 +134,7 @@ def _cmd_collateral(args: argparse.Namespace) -> int:
     try:
         platform = SimPlatform.load(_state_dir(args))
         collateral = platform.collateral(args.tee, now=now, scenario=scenario)
-        _write_out(args.out, collateral.to_json().encode("utf-8"))
+        write_atomically(args.out, collateral.to_json().encode("utf-8"))
     except (ProviderError, OSError) as e:
         return _fail(e)
     expected = scenario.expected

@@ -1,0 +1,46 @@
+"""Helpers every subcommand shares: exit codes, error reports and whole-file writes.
+
+Exit codes are the CLI's contract: 0 success, 1 the operation failed (a check did not pass; the message
+starts with the error code), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import ProviderError
+
+PROG = "sealing-key-provider"
+
+
+def usage_error(message: str, prog: str = PROG) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def report_failure(error: ProviderError | OSError, prefix: str = f"{PROG}: ") -> int:
+    """Print a failure (code and message, or the OS error of a file) and return exit status 1."""
+    if isinstance(error, ProviderError):
+        print(f"{prefix}{error}", file=sys.stderr)
+    else:
+        print(f"{prefix}{error.filename or ''}: {error.strerror}", file=sys.stderr)
+    return 1
+
+
+def write_atomically(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` whole or not at all: a temporary sibling, fsync, then a rename over ``path``."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

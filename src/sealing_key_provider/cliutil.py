@@ -6,9 +6,11 @@ starts with the error code), 2 usage errors.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ProviderError
@@ -44,3 +46,34 @@ def write_atomically(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def hex_arg(size: int | None = None, max_size: int | None = None) -> Callable[[str], bytes]:
+    """An argparse type: hex (optional ``0x``) of exactly ``size`` / at most ``max_size`` bytes.
+
+    A bad value is a usage error (exit 2) reported at parse time, before anything runs.
+    """
+
+    def parse(text: str) -> bytes:
+        try:
+            raw = bytes.fromhex(text.strip().removeprefix("0x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
+        if size is not None and len(raw) != size:
+            raise argparse.ArgumentTypeError(f"must be {size} bytes ({2 * size} hex digits), got {len(raw)}")
+        if max_size is not None and len(raw) > max_size:
+            raise argparse.ArgumentTypeError(f"must be at most {max_size} bytes, got {len(raw)}")
+        return raw
+
+    return parse
+
+
+def u16_arg(text: str) -> int:
+    """An argparse type: an integer in 0..65535 (decimal or 0x-prefixed)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError("must be in 0..65535")
+    return value

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..cliutil import report_failure, usage_error
+from ..cliutil import hex_arg, report_failure, u16_arg, usage_error
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
 from ..dcap import Verifier
@@ -44,29 +44,12 @@ PROG = "sealing-key-provider get-key"
 
 
 def _hex(size: int) -> Callable[[str], str]:
-    """Validate a hex argument of ``size`` bytes at parse time (a usage error, exit 2)."""
-
-    def parse(text: str) -> str:
-        text = text.strip().removeprefix("0x").lower()
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
-        if len(raw) != size:
-            raise argparse.ArgumentTypeError(f"must be {size} bytes ({2 * size} hex digits), got {len(raw)}")
-        return raw.hex()
-
-    return parse
+    """A hex argument of ``size`` bytes, checked at parse time and normalised to lower-case hex."""
+    parse = hex_arg(size)
+    return lambda text: parse(text).hex()
 
 
-def _u16(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 0xFFFF:
-        raise argparse.ArgumentTypeError("must be in 0..65535")
-    return value
+_u16 = u16_arg
 
 
 def _positive(text: str) -> float:

@@ -10,41 +10,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..cliutil import report_failure, usage_error, write_atomically
+from ..cliutil import hex_arg, report_failure, u16_arg, usage_error, write_atomically
 from ..dcap.abi import BodyType
 from ..errors import ProviderError
 from .collateral import Scenario
 from .platform import DEBUG_SGX_ATTRIBUTES, DEFAULT_SGX_ATTRIBUTES, SgxEnclaveIdentity, SimPlatform
 from .state import default_state_dir
 
-
-def _hex(size: int | None, max_size: int | None = None) -> Callable[[str], bytes]:
-    def parse(text: str) -> bytes:
-        try:
-            raw = bytes.fromhex(text.removeprefix("0x"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
-        if size is not None and len(raw) != size:
-            raise argparse.ArgumentTypeError(f"must be {size} bytes ({2 * size} hex digits), got {len(raw)}")
-        if max_size is not None and len(raw) > max_size:
-            raise argparse.ArgumentTypeError(f"must be at most {max_size} bytes, got {len(raw)}")
-        return raw
-
-    return parse
-
-
-def _u16(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 0xFFFF:
-        raise argparse.ArgumentTypeError("must be in 0..65535")
-    return value
+_hex = hex_arg
+_u16 = u16_arg
 
 
 def _state_dir(args: argparse.Namespace) -> Path:

@@ -11,11 +11,12 @@ Per request: a fresh X25519 key pair (a key pair is never reused, so a leaked on
 ``report_data = public key || SHA-256(freshness token)`` (or 32 zero bytes); the TD quote from the
 quote source; the request; then every check of :mod:`.verify`; only then the sealed box is opened.
 
-Secrets in memory, honestly: the X25519 private key lives in a PyNaCl object and the decrypted key in
-an immutable ``bytes``; neither can be overwritten from Python, and the interpreter may have copied
-them. The SDK drops its references as soon as it can and never logs, formats or repr()s them, which is
-all Python allows. A TD that must guarantee erasure has to do this step in a language that controls
-memory.
+Secrets in memory, honestly: the request's X25519 private key is born in a buffer the SDK owns and is
+zeroed when the request ends, together with the one ``bytes`` copy libsodium needs (see
+:mod:`.secret`); libsodium zeroes its own intermediates. The decrypted key is returned as ``bytes``,
+which the caller owns. The interpreter may still have made copies the SDK cannot reach, so the SDK
+never logs, formats or repr()s a secret. A TD that must guarantee erasure has to do this step in a
+language that controls memory.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..keys import (
     validate_key_version,
 )
 from .quote_source import QuoteSource
+from .secret import EphemeralKeyPair
 from .transport import DEFAULT_TIMEOUT, PROTOCOL_LEGACY, HttpTransport, LegacyTransport, Transport
 from .trust import ProviderTrust
 from .verify import (
@@ -196,9 +198,8 @@ class KeyClient:
 
         nonce = self.transport.nonce() if freshness else None
         # A fresh key pair for every request: never reused, never stored.
-        secret = nacl.public.PrivateKey.generate()
-        try:
-            public = bytes(secret.public_key)
+        with EphemeralKeyPair() as secret:
+            public = secret.public_key
             report_data = public + (token_binding(nonce) if nonce is not None else bytes(32))
             td = inspect_td_quote(self._quote_source.quote(report_data), report_data)
             answer = self.transport.request(
@@ -227,8 +228,6 @@ class KeyClient:
                 used_scheme = answer.v1.scheme
             verify_same_platform(verified, td)
             key = _open(secret, answer.encrypted_key)
-        finally:
-            del secret
         report = verified.quote.enclave_report
         log.info(
             "key received: name=%r version=%s scheme=%s provider_mrenclave=%s provider_tcb=%s",
@@ -253,12 +252,12 @@ class KeyClient:
         )
 
 
-def _open(secret: nacl.public.PrivateKey, encrypted_key: bytes) -> bytes:
+def _open(secret: EphemeralKeyPair, encrypted_key: bytes) -> bytes:
     """Open the sealed box; anything but exactly 32 bytes of authentic plaintext is a failure."""
     if len(encrypted_key) != ENCRYPTED_KEY_SIZE:
         raise DecryptionFailed(f"encrypted key is {len(encrypted_key)} bytes, expected {ENCRYPTED_KEY_SIZE}")
     try:
-        key = nacl.public.SealedBox(secret).decrypt(encrypted_key)
+        key = secret.open_sealed_box(encrypted_key)
     except nacl.exceptions.CryptoError:
         raise DecryptionFailed("the sealed box does not open with this request's private key") from None
     if len(key) != DERIVED_KEY_SIZE:

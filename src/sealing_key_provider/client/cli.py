@@ -37,6 +37,7 @@ from .quote_source import (
     detect_quote_source,
 )
 from .sdk import KeyClient, ProviderKey
+from .secret import wipe
 from .transport import DEFAULT_TIMEOUT, HttpTransport, LegacyTransport, Transport, parse_address
 from .trust import ProviderTrust
 
@@ -223,11 +224,14 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
             result: ProviderKey = client.fetch(
                 args.key_name, args.key_version, args.scheme, freshness=args.freshness
             )
-        if args.out is not None:
-            write_key_file(args.out, result.key, force=args.force)
-        else:
-            sys.stdout.write(result.key.hex() + "\n")
-            sys.stdout.flush()
+        try:
+            if args.out is not None:
+                write_key_file(args.out, result.key, force=args.force)
+            else:
+                sys.stdout.write(result.key.hex() + "\n")
+                sys.stdout.flush()
+        finally:
+            wipe(result.key)  # written out: this process has no further use for it
     except ProviderError as e:
         return _fail(e)
     except OSError as e:

@@ -249,13 +249,48 @@ def test_provider_answering_with_a_tdx_quote(
 
 
 def test_provider_quote_from_an_untrusted_root(
-    provider: Provider, sim: SimPlatform, trust: ProviderTrust
+    provider: Provider, sim: SimPlatform, trust: ProviderTrust, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    c = client(provider, sim, trust)
-    c._verifier = Verifier()  # the pinned Intel root: simulated quotes do not chain to it
+    """A provider quote made under another root (same MRENCLAVE, its own PKI) is refused."""
+    foreign = SimSgxPlatform.load(SimPlatform.init(tmp_path_factory.mktemp("other-root")).state_dir)
+
+    def other_root(td_quote: bytes, answer: ProviderAnswer) -> ProviderAnswer:
+        return with_quote(answer, foreign.quote(parse_quote(answer.provider_quote).report_data))
+
     with pytest.raises(ProviderError) as e:
-        c.get_key()
+        client(provider, sim, trust, tamper=other_root).get_key()
     assert code_of(e) == "PCK_CHAIN_INVALID"
+
+
+class SwappedChainTd:
+    """A TD whose host replaced the PCK chain in its quote with another machine's genuine chain."""
+
+    def __init__(self, sim: SimPlatform, other: SimPlatform) -> None:
+        self.td, self.chain = SimTd(sim), other.pck_chain_pem
+
+    def quote(self, report_data: bytes) -> bytes:
+        q = self.td.quote(report_data)
+        parsed = parse_quote(q)
+        start = q.index(parsed.pck_chain_pem)
+        delta = len(self.chain) - int.from_bytes(q[start - 4 : start], "little")
+        out = bytearray(q[:start] + self.chain)
+        # Fix the three enclosing lengths of a v4 quote: signature data, type-6 data, type-5 data.
+        for offset, size in ((632, 4), (766, 4), (start - 4, 4)):
+            value = int.from_bytes(out[offset : offset + size], "little") + delta
+            out[offset : offset + size] = value.to_bytes(size, "little")
+        out[start - 4 : start] = len(self.chain).to_bytes(4, "little")
+        return bytes(out)
+
+
+def test_td_quote_with_a_swapped_pck_chain_is_refused_before_sending(
+    provider: Provider, sim: SimPlatform, other_sim: SimPlatform, trust: ProviderTrust
+) -> None:
+    """The TD's own platform comes from its quote's proven signature chain, not the attached certificate."""
+    td = SwappedChainTd(sim, other_sim)
+    assert parse_quote(td.quote(bytes(64))).pck_chain_pem == other_sim.pck_chain_pem.rstrip(b"\x00")
+    with pytest.raises(TdQuoteInvalid) as e:
+        client(provider, sim, trust, td=td).get_key()
+    assert "QE_REPORT_SIGNATURE_INVALID" in e.value.message
 
 
 @pytest.mark.parametrize(

@@ -455,3 +455,14 @@ def test_real_verifier_advisories(sim: SimPlatform) -> None:
     deny = Policy.from_mapping({"denied_advisory_ids": [result.advisory_ids[0]]})
     with pytest.raises(AdvisoryDenied, match=result.advisory_ids[0]):
         deny.check(result, "k")
+
+
+def test_key_name_matching_is_not_exponential() -> None:
+    """Many ``**`` against a long name must stay fast: the key name is chosen by the client."""
+    import time
+
+    name = "/".join(["a"] * 127)
+    started = time.perf_counter()
+    assert not key_name_matches("**/**/**/**/**/**/x", name)
+    assert key_name_matches("**/**/**/**/**/**/a", name)
+    assert time.perf_counter() - started < 0.5

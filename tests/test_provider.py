@@ -304,3 +304,17 @@ def test_foreign_fmspc_is_refused_before_any_collateral_fetch(sim: SimPlatform, 
     p = make_provider(sim, source=Recording(sim))
     assert _code(p, KeyRequest(quote=Td(other).quote())) == "PLATFORM_MISMATCH"
     assert all(f == sim.fmspc for f in asked)
+
+
+def test_platform_is_checked_before_policy(provider: Provider, other_sim: SimPlatform) -> None:
+    """A TD of another machine learns nothing about this provider's policy and never reaches it."""
+    strict = make_provider(
+        SimPlatform.load(provider_state_dir(provider)), Policy.from_mapping({"key_names": {"*": ["app/*"]}})
+    )
+    assert _code(strict, KeyRequest(quote=Td(other_sim).quote(), key_name="denied")) == "PLATFORM_MISMATCH"
+
+
+def provider_state_dir(provider: Provider) -> Path:
+    platform = provider._platform
+    assert isinstance(platform, SimSgxPlatform)
+    return platform.platform.state_dir

@@ -78,14 +78,23 @@ class VerifiedTdQuote(Protocol):
 
 
 def _segments_match(pattern: list[str], name: list[str]) -> bool:
-    if not pattern:
-        return not name
-    head = pattern[0]
-    if head == "**":
-        return any(_segments_match(pattern[1:], name[i:]) for i in range(len(name) + 1))
-    if not name:
-        return False
-    return fnmatch.fnmatchcase(name[0], head) and _segments_match(pattern[1:], name[1:])
+    """Segment-wise glob match in O(len(pattern) * len(name)).
+
+    ``reachable[j]`` says the pattern segments seen so far match ``name[:j]``. A backtracking matcher
+    would be exponential in the number of ``**`` segments, and the key name comes from the client.
+    """
+    reachable = [True] + [False] * len(name)
+    for head in pattern:
+        if head == "**":
+            nxt: list[bool] = []
+            seen = False
+            for r in reachable:
+                seen = seen or r
+                nxt.append(seen)
+        else:
+            nxt = [False] + [reachable[j] and fnmatch.fnmatchcase(name[j], head) for j in range(len(name))]
+        reachable = nxt
+    return reachable[-1]
 
 
 def key_name_matches(pattern: str, key_name: str) -> bool:

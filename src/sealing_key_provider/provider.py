@@ -295,11 +295,8 @@ class Provider:
                 f"{mine.pck.fmspc.hex().upper()} ({mine.pck.ca_type} CA)"
             )
         verified = self._verifier.verify(quote, self._collateral.get("tdx", fmspc, ca), now)
-        self.policy.check(verified, key_name)
-        td = quote.td_report
-        if td.mrservicetd is not None and any(td.mrservicetd):
-            # A bound service TD (TDX 1.5) can act on this TD's behalf; keys are not released to it.
-            raise PolicyDenied("the TD is bound to a service TD (MRSERVICETD is not zero)")
+        # Same platform before policy: TDs of other machines never reach policy code (nor learn the
+        # policy from its error codes).
         if verified.pck.ppid != mine.pck.ppid or verified.pck.fmspc != mine.pck.fmspc:
             raise PlatformMismatch(
                 "the TD runs on another platform: its PCK certificate has another PPID or FMSPC than the "
@@ -307,6 +304,11 @@ class Provider:
             )
         if quote.header.qe_id != mine.qe_id:
             raise PlatformMismatch("the TD's quoting enclave has another QE ID than the provider's")
+        self.policy.check(verified, key_name)
+        td = quote.td_report
+        if td.mrservicetd is not None and any(td.mrservicetd):
+            # A bound service TD (TDX 1.5) can act on this TD's behalf; keys are not released to it.
+            raise PolicyDenied("the TD is bound to a service TD (MRSERVICETD is not zero)")
         return verified.status.value, verified.advisory_ids
 
     # --- the rest of the API ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Final
 
@@ -33,7 +33,7 @@ import nacl.public
 
 from ..collateral.source import CollateralSource
 from ..dcap import Verifier
-from ..errors import DecryptionFailed
+from ..errors import DecryptionFailed, ProviderError
 from ..freshness import token_binding
 from ..keys import (
     DEFAULT_KEY_NAME,
@@ -44,6 +44,7 @@ from ..keys import (
     validate_key_name,
     validate_key_version,
 )
+from .errors import TdQuoteInvalid
 from .quote_source import QuoteSource
 from .secret import EphemeralKeyPair
 from .transport import DEFAULT_TIMEOUT, PROTOCOL_LEGACY, HttpTransport, LegacyTransport, Transport
@@ -202,6 +203,12 @@ class KeyClient:
             public = secret.public_key
             report_data = public + (token_binding(nonce) if nonce is not None else bytes(32))
             td = inspect_td_quote(self._quote_source.quote(report_data), report_data)
+            # The TD's own platform is taken from its quote's proven signature chain, not from the
+            # certificate the host attached: a swapped-in PCK chain of another machine fails here.
+            try:
+                td = replace(td, pck=self._verifier.quote_platform(td.parsed))
+            except ProviderError as e:
+                raise TdQuoteInvalid(f"the TD's own quote does not verify ({e.code}): {e.message}") from None
             answer = self.transport.request(
                 td.quote, key_name=key_name, key_version=key_version, scheme=scheme, nonce=nonce
             )

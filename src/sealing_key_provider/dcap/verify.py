@@ -394,6 +394,34 @@ class Verifier:
             batch.run()
         return pck.identity
 
+    def quote_platform(self, quote: Quote) -> PckIdentity:
+        """The PCK identity of the platform that produced ``quote``, proven without collateral.
+
+        Checks the signature chain only: PCK chain to the trust anchor, QE report signed by the PCK
+        key and binding the attestation key, quote signed by that key. No TCB status, expiry or
+        revocation: this is for a party that holds a quote and must know *which* platform made it
+        (the TD comparing its own platform with the provider's), not whether to trust that platform.
+        """
+        batch = _Batch()
+        pck = self._pck_cache.get(quote.pck_chain_pem) or self._build_pck(quote.pck_chain_pem, batch)
+        batch.raw(
+            pck.leaf_key,
+            quote.qe_report_signature,
+            quote.qe_report.raw,
+            lambda: QeReportSignatureInvalid(
+                "QE report signature does not verify with the PCK certificate key"
+            ),
+        )
+        batch.raw(
+            self._attestation_key(quote),
+            quote.signature,
+            quote.signed_data,
+            lambda: QuoteSignatureInvalid("quote signature does not verify with the attestation key"),
+        )
+        batch.run()
+        self._check_qe_report_data(quote)
+        return pck.identity
+
     def verify(self, quote: bytes | Quote, collateral: Collateral, now: int) -> VerifiedQuote:
         """Verify ``quote`` with ``collateral`` at Unix time ``now``; raise a typed error on failure."""
         q = quote if isinstance(quote, Quote) else parse_quote(quote)

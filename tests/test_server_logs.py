@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -35,23 +34,6 @@ from tests.test_server_support import (
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:
     return SimPlatform.init(tmp_path_factory.mktemp("platform"))
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)}
-    try:
-        yield
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
-        for name, lvl in levels.items():
-            logging.getLogger(name).setLevel(lvl)
 
 
 def forms(secret: bytes) -> list[str]:

@@ -7,6 +7,7 @@ read here is the real one, which the provider compares across the TD's and its o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -164,7 +165,11 @@ class PckIdentity:
 
 def ca_type_of(issuer: x509.Name) -> str:
     names = issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    cn = str(names[0].value) if names else ""
+    return ca_type_of_cn(str(names[0].value) if names else "")
+
+
+def ca_type_of_cn(cn: str) -> str:
+    """ "platform" or "processor" from the common name of the PCK certificate's issuer."""
     if "PCK Platform CA" in cn:
         return "platform"
     if "PCK Processor CA" in cn:
@@ -234,6 +239,18 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
         cached_keys=flags.get(2),
         smt_enabled=flags.get(3),
     )
+
+
+_SGX_EXTENSION_OID_DER = encode_oid(_PREFIX)
+
+
+def pck_identity_of(extensions: Mapping[bytes, bytes], issuer_cn: str) -> PckIdentity:
+    """The same as :func:`pck_identity`, from a leaf's raw extensions (extnID DER content to extnValue
+    content) and its issuer's common name, as the verifier reads them without ``cryptography``."""
+    value = extensions.get(_SGX_EXTENSION_OID_DER)
+    if value is None:
+        raise PckCertificateInvalid("PCK certificate has no SGX extension")
+    return parse_sgx_extension(value, ca_type_of_cn(issuer_cn))
 
 
 def pck_identity(cert: x509.Certificate) -> PckIdentity:

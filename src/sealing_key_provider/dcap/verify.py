@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import Generic, TypeVar
 
 from cryptography import x509
@@ -60,7 +61,8 @@ from .collateral import (
     parse_enclave_identity,
     parse_tcb_info,
 )
-from .pck import X509_ERRORS, PckIdentity, pck_identity
+from .der import Cert, common_name, is_ca, load_cert, pem_certificates
+from .pck import X509_ERRORS, PckIdentity, pck_identity_of
 from .trust import intel_sgx_root_ca
 
 
@@ -213,20 +215,25 @@ def _der_tbs(der: bytes) -> bytes:
     return der[inner : body + length]
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def _load_chain(
+    pem: bytes, count: int, what: str, err: type[ProviderError], seen: dict[bytes, Cert]
+) -> list[Cert]:
+    """The chain's certificates; one that ``seen`` holds (same DER, within this call) is not parsed
+    again, and what is parsed is added to ``seen``."""
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except (x509.ExtensionNotFound, ValueError):
-        return False
-
-
-def _load_chain(pem: bytes, count: int, what: str, err: type[ProviderError]) -> list[x509.Certificate]:
-    try:
-        certs = x509.load_pem_x509_certificates(pem)
+        ders = pem_certificates(pem)
+        if ders is None:
+            ders = [c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
+        if len(ders) != count:
+            raise err(f"{what} must hold {count} certificates, it holds {len(ders)}")
+        certs = []
+        for der in ders:
+            cert = seen.get(der)
+            if cert is None:
+                cert = seen[der] = load_cert(der)
+            certs.append(cert)
     except X509_ERRORS as e:
         raise err(f"{what} is not a PEM certificate chain: {e}") from e
-    if len(certs) != count:
-        raise err(f"{what} must hold {count} certificates, it holds {len(certs)}")
     return certs
 
 
@@ -320,9 +327,37 @@ class _Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class _Anchor:
+    """The trust anchor as the verifier uses it: DER pieces, key and validity window."""
+
+    cert: Cert
+    key: ec.EllipticCurvePublicKey
+    #: Its validity as the end of collateral chains, and as the end of the PCK chain.
+    window: _Window
+    pck_window: _Window
+
+
+def _make_anchor(cert: x509.Certificate) -> _Anchor:
+    try:
+        parts = load_cert(cert.public_bytes(serialization.Encoding.DER))
+        window = _cert_window(cert, "trust anchor (root CA)", False)
+        pck_window = _cert_window(cert, "root CA certificate", True)
+    except X509_ERRORS as e:
+        raise PckChainInvalid(f"trust anchor is not a usable certificate: {e}") from e
+    # The anchor is trusted by configuration, so its self-signature proves nothing and is not checked.
+    return _Anchor(parts, _p256_key(cert, "trust anchor", PckChainInvalid), window, pck_window)
+
+
+@cache
+def _intel_anchor() -> _Anchor:
+    """The pinned Intel root, prepared once per process: it is a constant of this source, not input."""
+    return _make_anchor(intel_sgx_root_ca())
+
+
+@dataclass(frozen=True, slots=True)
 class _PckChain:
-    leaf: x509.Certificate
-    intermediate: x509.Certificate
+    leaf: Cert
+    intermediate: Cert
     leaf_key: ec.EllipticCurvePublicKey
     identity: PckIdentity
     windows: tuple[_Window, ...]
@@ -334,7 +369,7 @@ class _PreparedCollateral:
     qe_identity: EnclaveIdentity
     root_crl: x509.CertificateRevocationList
     pck_crl: x509.CertificateRevocationList
-    pck_crl_issuer: x509.Certificate
+    pck_crl_issuer: Cert
     #: Collateral signing certificates the root CA CRL revokes ("TCB signing", ...).
     revoked: tuple[str, ...]
     windows: tuple[_Window, ...]
@@ -365,12 +400,14 @@ class Verifier:
             except X509_ERRORS as e:
                 raise PckChainInvalid(f"trust anchor is not a certificate: {e}") from e
         self._anchor = anchor
-        # The anchor is trusted by configuration, so its self-signature proves nothing and is not checked.
-        self._anchor_key = _p256_key(anchor, "trust anchor", PckChainInvalid)
-        self._anchor_window = _cert_window(anchor, "trust anchor (root CA)", False)
+        root = _intel_anchor() if trust_anchor is None else _make_anchor(anchor)
+        self._root = root.cert
+        self._anchor_key = root.key
+        self._anchor_window = root.window
+        self._anchor_window_pck = root.pck_window
         self._pck_cache: _Lru[bytes, _PckChain] = _Lru(256)
         self._collateral_cache: _Lru[Collateral, _PreparedCollateral] = _Lru(64)
-        self._chain_cache: _Lru[bytes, tuple[x509.Certificate, ec.EllipticCurvePublicKey]] = _Lru(64)
+        self._chain_cache: _Lru[bytes, tuple[Cert, ec.EllipticCurvePublicKey]] = _Lru(64)
         self._qe_sig_cache: _Lru[tuple[bytes, bytes, bytes], bool] = _Lru(1024)
         self._att_key_cache: _Lru[bytes, ec.EllipticCurvePublicKey] = _Lru(1024)
 
@@ -390,7 +427,7 @@ class Verifier:
         pck = self._pck_cache.get(quote.pck_chain_pem)
         if pck is None:
             batch = _Batch()
-            pck = self._build_pck(quote.pck_chain_pem, batch)
+            pck = self._build_pck(quote.pck_chain_pem, batch, self._seen())
             batch.run()
         return pck.identity
 
@@ -403,7 +440,9 @@ class Verifier:
         (the TD comparing its own platform with the provider's), not whether to trust that platform.
         """
         batch = _Batch()
-        pck = self._pck_cache.get(quote.pck_chain_pem) or self._build_pck(quote.pck_chain_pem, batch)
+        pck = self._pck_cache.get(quote.pck_chain_pem) or self._build_pck(
+            quote.pck_chain_pem, batch, self._seen()
+        )
         batch.raw(
             pck.leaf_key,
             quote.qe_report_signature,
@@ -426,8 +465,11 @@ class Verifier:
         """Verify ``quote`` with ``collateral`` at Unix time ``now``; raise a typed error on failure."""
         q = quote if isinstance(quote, Quote) else parse_quote(quote)
         batch = _Batch()
-        pck = self._pck_cache.get(q.pck_chain_pem) or self._build_pck(q.pck_chain_pem, batch)
-        prepared = self._collateral_cache.get(collateral) or self._build_collateral(collateral, batch, pck)
+        seen = self._seen()
+        pck = self._pck_cache.get(q.pck_chain_pem) or self._build_pck(q.pck_chain_pem, batch, seen)
+        prepared = self._collateral_cache.get(collateral) or self._build_collateral(
+            collateral, batch, pck, seen
+        )
         qe_sig_key = (q.qe_report.raw, q.qe_report_signature, q.pck_chain_pem)
         if self._qe_sig_cache.get(qe_sig_key) is None:
             batch.raw(
@@ -492,73 +534,78 @@ class Verifier:
 
     # -- PCK chain ------------------------------------------------------------------------------------
 
-    def _build_pck(self, pem: bytes, batch: _Batch) -> _PckChain:
+    def _seen(self) -> dict[bytes, Cert]:
+        """The certificates parsed so far in one call, by DER; the anchor is known from the start."""
+        return {self._root.der: self._root}
+
+    def _build_pck(self, pem: bytes, batch: _Batch, seen: dict[bytes, Cert]) -> _PckChain:
         """Parse and check the chain's structure now; its signatures join ``batch``; cached on success."""
         # cryptography parses certificate fields lazily: a damaged field raises ValueError on access.
         try:
-            pck = self._build_pck_inner(pem, batch)
+            pck = self._build_pck_inner(pem, batch, seen)
         except X509_ERRORS as e:
             raise PckChainInvalid(f"PCK certificate chain is malformed: {e}") from e
         batch.on_success(lambda: self._pck_cache.put(pem, pck))
         return pck
 
-    def _build_pck_inner(self, pem: bytes, batch: _Batch) -> _PckChain:
-        leaf, inter, root = _load_chain(pem, 3, "PCK certificate chain in the quote", PckChainInvalid)
-        if root != self._anchor:
+    def _build_pck_inner(self, pem: bytes, batch: _Batch, seen: dict[bytes, Cert]) -> _PckChain:
+        leaf, inter, root = _load_chain(pem, 3, "PCK certificate chain in the quote", PckChainInvalid, seen)
+        if root.der != self._root.der:
             raise PckChainInvalid(
-                f"PCK certificate chain ends in {root.subject.rfc4514_string()!r}, not the trusted root "
-                f"{self._anchor.subject.rfc4514_string()!r}"
+                f"PCK certificate chain ends in {root.cert.subject.rfc4514_string()!r}, not the trusted "
+                f"root {self._anchor.subject.rfc4514_string()!r}"
             )
-        if not _is_ca(inter):
+        if not is_ca(inter):
             raise PckChainInvalid("PCK intermediate CA certificate is not a CA certificate")
-        if "SGX PCK Certificate" not in _cn(leaf.subject):
-            raise PckChainInvalid(f"leaf certificate {_cn(leaf.subject)!r} is not an SGX PCK certificate")
-        inter_key = _p256_key(inter, "PCK intermediate CA", PckChainInvalid)
-        leaf_key = _p256_key(leaf, "PCK certificate", PckChainInvalid)
+        leaf_cn = common_name(leaf.subject)
+        if "SGX PCK Certificate" not in leaf_cn:
+            raise PckChainInvalid(f"leaf certificate {leaf_cn!r} is not an SGX PCK certificate")
+        inter_key = _p256_key(inter.cert, "PCK intermediate CA", PckChainInvalid)
+        leaf_key = _p256_key(leaf.cert, "PCK certificate", PckChainInvalid)
         batch.x509(
             self._anchor_key,
-            inter.signature,
-            inter.tbs_certificate_bytes,
-            inter.signature_algorithm_oid,
+            inter.cert.signature,
+            inter.tbs,
+            inter.cert.signature_algorithm_oid,
             lambda: PckChainInvalid("PCK intermediate CA certificate is not signed by the trusted root"),
         )
         batch.x509(
             inter_key,
-            leaf.signature,
-            leaf.tbs_certificate_bytes,
-            leaf.signature_algorithm_oid,
+            leaf.cert.signature,
+            leaf.tbs,
+            leaf.cert.signature_algorithm_oid,
             lambda: PckChainInvalid("PCK certificate is not signed by the PCK intermediate CA in the chain"),
         )
-        identity = pck_identity(leaf)
+        identity = pck_identity_of(leaf.extensions, common_name(leaf.issuer))
         windows = (
-            _cert_window(leaf, "PCK certificate", True),
-            _cert_window(inter, "PCK intermediate CA certificate", True),
-            _cert_window(root, "root CA certificate", True),
+            _cert_window(leaf.cert, "PCK certificate", True),
+            _cert_window(inter.cert, "PCK intermediate CA certificate", True),
+            self._anchor_window_pck,
         )
         return _PckChain(leaf, inter, leaf_key, identity, windows)
 
     # -- Collateral -----------------------------------------------------------------------------------
 
     def _signing_chain(
-        self, pem: bytes, what: str, batch: _Batch
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
+        self, pem: bytes, what: str, batch: _Batch, seen: dict[bytes, Cert]
+    ) -> tuple[Cert, ec.EllipticCurvePublicKey]:
         cached = self._chain_cache.get(pem)
         if cached is not None:
             return cached
-        signer, root = _load_chain(pem, 2, what, CollateralMalformed)
-        if root != self._anchor:
+        signer, root = _load_chain(pem, 2, what, CollateralMalformed, seen)
+        if root.der != self._root.der:
             raise CollateralSignatureInvalid(f"{what} does not end in the trusted root")
         # Role separation: the root also signs the PCK CAs, which must not be able to sign collateral.
-        if "SGX TCB Signing" not in _cn(signer.subject):
+        if "SGX TCB Signing" not in common_name(signer.subject):
             raise CollateralSignatureInvalid(f"{what}: the signer is not an SGX TCB Signing certificate")
         batch.x509(
             self._anchor_key,
-            signer.signature,
-            signer.tbs_certificate_bytes,
-            signer.signature_algorithm_oid,
+            signer.cert.signature,
+            signer.tbs,
+            signer.cert.signature_algorithm_oid,
             lambda: CollateralSignatureInvalid(f"{what}: signing certificate is not signed by the root"),
         )
-        result = (signer, _p256_key(signer, what, CollateralSignatureInvalid))
+        result = (signer, _p256_key(signer.cert, what, CollateralSignatureInvalid))
         batch.on_success(lambda: self._chain_cache.put(pem, result))
         return result
 
@@ -579,7 +626,7 @@ class Verifier:
         crl: x509.CertificateRevocationList,
         der: bytes,
         key: ec.EllipticCurvePublicKey,
-        issuer: x509.Certificate,
+        issuer: Cert,
         what: str,
     ) -> None:
         try:
@@ -594,10 +641,10 @@ class Verifier:
             # Issuance is proven by the issuer key's signature; names are compared only to explain a
             # failure (building x509.Name objects costs more than the signature check itself).
             try:
-                if crl.issuer != issuer.subject:
+                if crl.issuer != issuer.cert.subject:
                     return CollateralMismatch(
                         f"{what} was issued by {crl.issuer.rfc4514_string()!r}, "
-                        f"expected {issuer.subject.rfc4514_string()!r}"
+                        f"expected {issuer.cert.subject.rfc4514_string()!r}"
                     )
             except X509_ERRORS:
                 pass
@@ -612,16 +659,23 @@ class Verifier:
             raise CollateralMalformed(f"{what} has no nextUpdate")
         return _Window(int(crl.last_update_utc.timestamp()), int(next_update.timestamp()), what, False)
 
-    def _build_collateral(self, c: Collateral, batch: _Batch, pck: _PckChain) -> _PreparedCollateral:
+    def _build_collateral(
+        self, c: Collateral, batch: _Batch, pck: _PckChain, seen: dict[bytes, Cert]
+    ) -> _PreparedCollateral:
+        seen.setdefault(pck.intermediate.der, pck.intermediate)  # a cached chain was not parsed now
         try:
-            prepared = self._build_collateral_inner(c, batch, pck)
+            prepared = self._build_collateral_inner(c, batch, pck, seen)
         except X509_ERRORS as e:
             raise CollateralMalformed(f"collateral certificate or CRL is malformed: {e}") from e
         batch.on_success(lambda: self._collateral_cache.put(c, prepared))
         return prepared
 
-    def _build_collateral_inner(self, c: Collateral, batch: _Batch, pck: _PckChain) -> _PreparedCollateral:
-        tcb_signer, tcb_key = self._signing_chain(c.tcb_info_issuer_chain, "TCB info issuer chain", batch)
+    def _build_collateral_inner(
+        self, c: Collateral, batch: _Batch, pck: _PckChain, seen: dict[bytes, Cert]
+    ) -> _PreparedCollateral:
+        tcb_signer, tcb_key = self._signing_chain(
+            c.tcb_info_issuer_chain, "TCB info issuer chain", batch, seen
+        )
         batch.raw(
             tcb_key,
             c.tcb_info_signature,
@@ -632,7 +686,7 @@ class Verifier:
             qe_signer, qe_key = tcb_signer, tcb_key
         else:
             qe_signer, qe_key = self._signing_chain(
-                c.qe_identity_issuer_chain, "QE identity issuer chain", batch
+                c.qe_identity_issuer_chain, "QE identity issuer chain", batch, seen
             )
         batch.raw(
             qe_key,
@@ -642,21 +696,23 @@ class Verifier:
         )
         root_crl, root_der = self._load_crl(c.root_ca_crl, "root CA CRL")
         self._add_crl(
-            batch, crl=root_crl, der=root_der, key=self._anchor_key, issuer=self._anchor, what="root CA CRL"
+            batch, crl=root_crl, der=root_der, key=self._anchor_key, issuer=self._root, what="root CA CRL"
         )
-        crl_ca, crl_root = _load_chain(c.pck_crl_issuer_chain, 2, "PCK CRL issuer chain", CollateralMalformed)
-        if crl_root != self._anchor:
+        crl_ca, crl_root = _load_chain(
+            c.pck_crl_issuer_chain, 2, "PCK CRL issuer chain", CollateralMalformed, seen
+        )
+        if crl_root.der != self._root.der:
             raise CollateralSignatureInvalid("PCK CRL issuer chain does not end in the trusted root")
-        if crl_ca != pck.intermediate:  # the same certificate is checked with the PCK chain
+        if crl_ca.der != pck.intermediate.der:  # the same certificate is checked with the PCK chain
             batch.x509(
                 self._anchor_key,
-                crl_ca.signature,
-                crl_ca.tbs_certificate_bytes,
-                crl_ca.signature_algorithm_oid,
+                crl_ca.cert.signature,
+                crl_ca.tbs,
+                crl_ca.cert.signature_algorithm_oid,
                 lambda: CollateralSignatureInvalid("PCK CRL issuer certificate is not signed by the root"),
             )
         pck_crl, pck_der = self._load_crl(c.pck_crl, "PCK CRL")
-        crl_ca_key = _p256_key(crl_ca, "PCK CRL issuer", CollateralSignatureInvalid)
+        crl_ca_key = _p256_key(crl_ca.cert, "PCK CRL issuer", CollateralSignatureInvalid)
         self._add_crl(batch, crl=pck_crl, der=pck_der, key=crl_ca_key, issuer=crl_ca, what="PCK CRL")
         # The signed documents are parsed now (their signatures are checked with the batch): a parse
         # error on a forged document is still a typed error, and nothing is cached unless all verify.
@@ -670,14 +726,14 @@ class Verifier:
                 (qe_signer, "QE identity signing"),
                 (crl_ca, "PCK CA"),
             )
-            if root_crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+            if root_crl.get_revoked_certificate_by_serial_number(cert.cert.serial_number) is not None
         )
 
         windows = (
             self._anchor_window,
-            _cert_window(tcb_signer, "TCB info signing certificate", False),
-            _cert_window(qe_signer, "QE identity signing certificate", False),
-            _cert_window(crl_ca, "PCK CRL issuer certificate", False),
+            _cert_window(tcb_signer.cert, "TCB info signing certificate", False),
+            _cert_window(qe_signer.cert, "QE identity signing certificate", False),
+            _cert_window(crl_ca.cert, "PCK CRL issuer certificate", False),
             self._crl_window(root_crl, "root CA CRL"),
             self._crl_window(pck_crl, "PCK CRL"),
             _Window(tcb_info.issue_date, tcb_info.next_update, "TCB info", False),
@@ -694,17 +750,15 @@ class Verifier:
     def _check_revocation_inner(self, pck: _PckChain, c: _PreparedCollateral) -> None:
         if c.revoked:
             raise CertificateRevoked(f"the {c.revoked[0]} certificate is revoked by the root CA CRL")
-        if (
-            pck.intermediate != c.pck_crl_issuer
-            and pck.intermediate.public_key() != c.pck_crl_issuer.public_key()
-        ):
+        inter, crl_ca = pck.intermediate.cert, c.pck_crl_issuer.cert
+        if pck.intermediate.der != c.pck_crl_issuer.der and inter.public_key() != crl_ca.public_key():
             raise CollateralMismatch(
-                f"the PCK CRL is from {_cn(c.pck_crl_issuer.subject)!r} but the PCK certificate was issued "
-                f"by {_cn(pck.leaf.issuer)!r}: fetch the PCK CRL for ca={pck.identity.ca_type}"
+                f"the PCK CRL is from {_cn(crl_ca.subject)!r} but the PCK certificate was issued "
+                f"by {_cn(pck.leaf.cert.issuer)!r}: fetch the PCK CRL for ca={pck.identity.ca_type}"
             )
-        if c.root_crl.get_revoked_certificate_by_serial_number(pck.intermediate.serial_number) is not None:
+        if c.root_crl.get_revoked_certificate_by_serial_number(inter.serial_number) is not None:
             raise CertificateRevoked("the PCK intermediate CA certificate is revoked by the root CA CRL")
-        if c.pck_crl.get_revoked_certificate_by_serial_number(pck.leaf.serial_number) is not None:
+        if c.pck_crl.get_revoked_certificate_by_serial_number(pck.leaf.cert.serial_number) is not None:
             raise PckRevoked("the PCK certificate of this platform is revoked")
 
     @staticmethod

@@ -1,0 +1,183 @@
+"""Raw DER pieces of certificates, read by the verifier on its cold path.
+
+``cryptography`` parses a DER certificate in ~2 us, but its accessors are slow where the verifier
+needs them: ``tbs_certificate_bytes`` re-encodes the TBS (~10 us), a ``Name`` costs ~20 us to build
+and the PEM reader is slower than base64 plus a DER load. This module reads those pieces straight
+from the DER that ``cryptography`` has already accepted: the to-be-signed bytes (which are then
+signature-checked, so a wrong slice can only fail closed), the issuer and subject names as DER, the
+first common name of a name, and the raw extensions.
+
+Every error here is a ``ValueError``, which the verifier's X.509 error boundaries turn into its typed
+errors.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+
+from cryptography import x509
+
+_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_END = b"-----END CERTIFICATE-----"
+_BLANK = b" \t\r\n\x00"
+
+TAG_BOOLEAN = 0x01
+TAG_OID = 0x06
+TAG_OCTET_STRING = 0x04
+TAG_SEQUENCE = 0x30
+TAG_SET = 0x31
+
+#: DER content of id-at-commonName (2.5.4.3) and id-ce-basicConstraints (2.5.29.19).
+OID_COMMON_NAME = b"\x55\x04\x03"
+OID_BASIC_CONSTRAINTS = b"\x55\x1d\x13"
+
+
+def tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """One DER element at ``pos``: (tag, start of value, end of value), all bounded by ``end``."""
+    if pos + 2 > end:
+        raise ValueError("truncated DER element")
+    tag = buf[pos]
+    length = buf[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if n == 0 or n > 4 or pos + n > end:
+            raise ValueError("bad DER length encoding")
+        length = int.from_bytes(buf[pos : pos + n], "big")
+        pos += n
+    if pos + length > end:
+        raise ValueError("DER element runs past its container")
+    return tag, pos, pos + length
+
+
+def pem_certificates(pem: bytes) -> list[bytes] | None:
+    """The DER of each block of a plain PEM certificate chain, or None for anything else.
+
+    Plain means: only ``CERTIFICATE`` blocks, base64 bodies, whitespace (or the NUL that ends a
+    quote's chain) around them. On None the caller lets ``cryptography``'s PEM reader decide, so this
+    fast path never accepts a chain that reader would refuse for its form; the DER itself is always
+    loaded by ``cryptography``.
+    """
+    parts = pem.split(_BEGIN)
+    if len(parts) < 2 or parts[0].strip(_BLANK):
+        return None
+    out = []
+    for part in parts[1:]:
+        body, sep, rest = part.partition(_END)
+        if not sep or rest.strip(_BLANK):
+            return None
+        try:
+            out.append(binascii.a2b_base64(b"".join(body.split()), strict_mode=True))
+        except binascii.Error:
+            return None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Cert:
+    """A certificate, its DER and the DER pieces the verifier reads."""
+
+    cert: x509.Certificate
+    der: bytes
+    #: The tbsCertificate element, exactly as signed.
+    tbs: bytes
+    #: The issuer and subject Name elements (DER, with their headers).
+    issuer: bytes
+    subject: bytes
+    #: extnID (DER content of the OID) to extnValue (the OCTET STRING's content); duplicates refused.
+    extensions: dict[bytes, bytes]
+
+
+def load_cert(der: bytes) -> Cert:
+    """Load a DER certificate with ``cryptography`` and slice its pieces (ValueError if malformed)."""
+    cert = x509.load_der_x509_certificate(der)
+    tag, start, end = tlv(der, 0, len(der))
+    if tag != TAG_SEQUENCE or end != len(der):
+        raise ValueError("certificate is not one DER SEQUENCE")
+    tbs_at = start
+    tag, pos, tbs_end = tlv(der, tbs_at, end)
+    if tag != TAG_SEQUENCE:
+        raise ValueError("tbsCertificate is not a SEQUENCE")
+    tag, vstart, vend = tlv(der, pos, tbs_end)
+    if tag == 0xA0:  # [0] EXPLICIT version
+        pos = vend
+    pos = tlv(der, pos, tbs_end)[2]  # serialNumber
+    pos = tlv(der, pos, tbs_end)[2]  # signature AlgorithmIdentifier
+    issuer_at = pos
+    tag, _, pos = tlv(der, pos, tbs_end)
+    if tag != TAG_SEQUENCE:
+        raise ValueError("issuer is not a Name")
+    issuer = der[issuer_at:pos]
+    pos = tlv(der, pos, tbs_end)[2]  # validity
+    subject_at = pos
+    tag, _, pos = tlv(der, pos, tbs_end)
+    if tag != TAG_SEQUENCE:
+        raise ValueError("subject is not a Name")
+    subject = der[subject_at:pos]
+    pos = tlv(der, pos, tbs_end)[2]  # subjectPublicKeyInfo
+    extensions: dict[bytes, bytes] = {}
+    while pos < tbs_end:
+        tag, vstart, vend = tlv(der, pos, tbs_end)
+        pos = vend
+        if tag != 0xA3:  # issuerUniqueID [1], subjectUniqueID [2]
+            continue
+        tag, epos, eend = tlv(der, vstart, vend)
+        if tag != TAG_SEQUENCE or eend != vend:
+            raise ValueError("extensions are not a SEQUENCE")
+        while epos < eend:
+            tag, xstart, xend = tlv(der, epos, eend)
+            epos = xend
+            if tag != TAG_SEQUENCE:
+                raise ValueError("extension is not a SEQUENCE")
+            otag, ostart, oend = tlv(der, xstart, xend)
+            vtag, vs, ve = tlv(der, oend, xend)
+            if vtag == TAG_BOOLEAN:  # critical
+                vtag, vs, ve = tlv(der, ve, xend)
+            if otag != TAG_OID or vtag != TAG_OCTET_STRING or ve != xend:
+                raise ValueError("extension is not {OID, [critical,] OCTET STRING}")
+            oid = der[ostart:oend]
+            if oid in extensions:
+                raise ValueError(f"duplicate extension {oid.hex()}")
+            extensions[oid] = der[vs:ve]
+    return Cert(cert, der, der[tbs_at:tbs_end], issuer, subject, extensions)
+
+
+def common_name(name: bytes) -> str:
+    """The first common name in a DER Name, or "" (ValueError if the Name is malformed)."""
+    tag, pos, end = tlv(name, 0, len(name))
+    if tag != TAG_SEQUENCE:
+        raise ValueError("not a Name")
+    while pos < end:
+        tag, rstart, rend = tlv(name, pos, end)
+        pos = rend
+        if tag != TAG_SET:
+            raise ValueError("Name element is not a SET")
+        while rstart < rend:
+            tag, astart, aend = tlv(name, rstart, rend)
+            rstart = aend
+            otag, ostart, oend = tlv(name, astart, aend)
+            if tag != TAG_SEQUENCE or otag != TAG_OID:
+                raise ValueError("Name attribute is not {OID, value}")
+            if name[ostart:oend] == OID_COMMON_NAME:
+                vtag, vstart, vend = tlv(name, oend, aend)
+                value = name[vstart:vend]
+                if vtag == 0x1E:  # BMPString
+                    return value.decode("utf-16-be", "replace")
+                return value.decode("utf-8", "replace")
+    return ""
+
+
+def is_ca(cert: Cert) -> bool:
+    """BasicConstraints cA is TRUE (absent or malformed: not a CA)."""
+    value = cert.extensions.get(OID_BASIC_CONSTRAINTS)
+    if value is None:
+        return False
+    try:
+        tag, pos, end = tlv(value, 0, len(value))
+        if tag != TAG_SEQUENCE or pos == end:
+            return False
+        tag, vstart, vend = tlv(value, pos, end)
+    except ValueError:
+        return False
+    return tag == TAG_BOOLEAN and vend - vstart == 1 and value[vstart] == 0xFF

@@ -1,0 +1,212 @@
+"""The verifier's raw DER reader agrees with ``cryptography`` on every certificate it meets, and its
+shortcuts (PEM fast path, one parse per certificate per call, the pinned anchor prepared once) never
+let a changed certificate through."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
+from sealing_key_provider.dcap.der import common_name, is_ca, load_cert, pem_certificates
+from sealing_key_provider.dcap.pck import pck_identity, pck_identity_of
+from sealing_key_provider.errors import ProviderError
+from sealing_key_provider.sim import SimPlatform
+
+from .corpus import case, cases
+
+
+def _chains() -> list[bytes]:
+    out: list[bytes] = []
+    for c in cases():
+        col = c.collateral
+        out += [
+            parse_quote(c.quote).pck_chain_pem,
+            col.tcb_info_issuer_chain,
+            col.qe_identity_issuer_chain,
+            col.pck_crl_issuer_chain,
+        ]
+    return out
+
+
+def _cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def _agree(cert: x509.Certificate) -> None:
+    der = cert.public_bytes(Encoding.DER)
+    parts = load_cert(der)
+    assert parts.der == der
+    assert parts.tbs == cert.tbs_certificate_bytes
+    assert parts.issuer == cert.issuer.public_bytes()
+    assert parts.subject == cert.subject.public_bytes()
+    assert common_name(parts.issuer) == _cn(cert.issuer)
+    assert common_name(parts.subject) == _cn(cert.subject)
+    assert {x509.ObjectIdentifier(e.oid.dotted_string) for e in cert.extensions} == {
+        e.oid for e in cert.extensions
+    }
+    assert len(parts.extensions) == len(cert.extensions)
+    try:
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    assert is_ca(parts) is ca
+
+
+@pytest.mark.parametrize("pem", _chains())
+def test_reader_agrees_with_cryptography_on_every_corpus_certificate(pem: bytes) -> None:
+    certs = x509.load_pem_x509_certificates(pem)
+    assert pem_certificates(pem) == [c.public_bytes(Encoding.DER) for c in certs]
+    for cert in certs:
+        _agree(cert)
+
+
+def test_reader_agrees_on_simulated_certificates(tmp_path: Path) -> None:
+    p = SimPlatform.init(tmp_path)
+    for cert in (p.root_certificate, p.platform_ca_certificate, p.pck_certificate, p.tcb_signing_certificate):
+        _agree(cert)
+    assert pck_identity_of(
+        load_cert(p.pck_certificate.public_bytes(Encoding.DER)).extensions, "x PCK Platform CA"
+    ) == (pck_identity(p.pck_certificate))
+
+
+def test_pck_identity_from_raw_extensions_equals_cryptography_path() -> None:
+    for c in cases():
+        leaf = x509.load_pem_x509_certificates(parse_quote(c.quote).pck_chain_pem)[0]
+        parts = load_cert(leaf.public_bytes(Encoding.DER))
+        assert pck_identity_of(parts.extensions, common_name(parts.issuer)) == pck_identity(leaf)
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        b"subject=CN = x\n" + case("sgx-v3-phala-1").collateral.tcb_info_issuer_chain,  # text before
+        case("sgx-v3-phala-1").collateral.tcb_info_issuer_chain.replace(b"CERTIFICATE", b"X509 CERTIFICATE"),
+        b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n",
+        b"no pem at all",
+    ],
+)
+def test_pem_fast_path_hands_anything_unusual_to_cryptography(pem: bytes) -> None:
+    assert pem_certificates(pem) is None
+
+
+def test_malformed_der_is_a_value_error() -> None:
+    der = x509.load_pem_x509_certificates(case("sgx-v3-phala-1").collateral.tcb_info_issuer_chain)[
+        0
+    ].public_bytes(Encoding.DER)
+    for bad in (der[:-1], der + b"\x00", b"\x30\x03\x02\x01\x01", b""):
+        with pytest.raises(ValueError):
+            load_cert(bad)
+    with pytest.raises(ValueError):
+        common_name(b"\x30\x05\x31\x03\x02\x01\x01")
+
+
+def _impostor(of: x509.Certificate) -> x509.Certificate:
+    """A certificate with ``of``'s names and dates, but another key and not signed by ``of``'s issuer."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(of.subject)
+        .issuer_name(of.issuer)
+        .public_key(key.public_key())
+        .serial_number(of.serial_number % (1 << 159) or 1)
+        .not_valid_before(of.not_valid_before_utc)
+        .not_valid_after(of.not_valid_after_utc)
+    )
+    for ext in of.extensions:
+        if ext.oid != x509.oid.ExtensionOID.SUBJECT_KEY_IDENTIFIER:
+            b = b.add_extension(ext.value, ext.critical)
+    return b.sign(key, hashes.SHA256())
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_pck_crl_issuer_chain_with_another_ca_certificate_is_checked_on_its_own(warm: bool) -> None:
+    """The PCK CRL CA certificate is reused from the PCK chain only when its DER is identical."""
+    c = case("tdx-v4-phala-1")
+    col = c.collateral
+    ca, root = x509.load_pem_x509_certificates(col.pck_crl_issuer_chain)
+    bad = dataclasses.replace(col, pck_crl_issuer_chain=_pem(_impostor(ca), root))
+    v = Verifier()
+    if warm:
+        v.verify(c.quote, col, c.now)
+    with pytest.raises(ProviderError) as err:
+        v.verify(c.quote, bad, c.now)
+    assert err.value.code == "COLLATERAL_SIGNATURE_INVALID"
+    assert "PCK CRL issuer certificate is not signed by the root" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "field", ["tcb_info_issuer_chain", "qe_identity_issuer_chain", "pck_crl_issuer_chain"]
+)
+def test_a_chain_ending_in_a_lookalike_root_is_refused(field: str) -> None:
+    """The anchor is recognised by its exact DER, so a root with the same names and key fails."""
+    c = case("sgx-v3-phala-1")
+    col = c.collateral
+    first, root = x509.load_pem_x509_certificates(getattr(col, field))
+    fake_root = _impostor(root)
+    changed: Collateral = dataclasses.replace(col, **{field: _pem(first, fake_root)})
+    with pytest.raises(ProviderError) as err:
+        Verifier().verify(c.quote, changed, c.now)
+    assert err.value.code == "COLLATERAL_SIGNATURE_INVALID"
+
+
+def test_pck_chain_ending_in_a_lookalike_root_is_refused() -> None:
+    c = case("tdx-v4-phala-1")
+    q = parse_quote(c.quote)
+    leaf, inter, root = x509.load_pem_x509_certificates(q.pck_chain_pem)
+    v = Verifier()
+    v.verify(q, c.collateral, c.now)  # warm: the genuine chain is cached
+    fake = dataclasses.replace(q, pck_chain_pem=_pem(leaf, inter, _impostor(root)))
+    for verifier in (v, Verifier()):
+        with pytest.raises(ProviderError) as err:
+            verifier.verify(fake, c.collateral, c.now)
+        assert err.value.code == "PCK_CHAIN_INVALID"
+
+
+def test_pck_chain_with_an_impostor_intermediate_is_refused_cold_and_warm() -> None:
+    c = case("tdx-v4-phala-1")
+    q = parse_quote(c.quote)
+    leaf, inter, root = x509.load_pem_x509_certificates(q.pck_chain_pem)
+    v = Verifier()
+    v.verify(q, c.collateral, c.now)
+    fake = dataclasses.replace(q, pck_chain_pem=_pem(leaf, _impostor(inter), root))
+    for verifier in (v, Verifier()):
+        with pytest.raises(ProviderError) as err:
+            verifier.verify(fake, c.collateral, c.now)
+        assert err.value.code == "PCK_CHAIN_INVALID"
+
+
+def test_the_prepared_intel_anchor_does_not_leak_into_other_anchors() -> None:
+    c = case("tdx-v4-phala-1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Other Root CA")])
+    other = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+        .sign(key, hashes.SHA256())
+    )
+    assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
+    with pytest.raises(ProviderError) as err:
+        Verifier(trust_anchor=other).verify(c.quote, c.collateral, c.now)
+    assert err.value.code == "PCK_CHAIN_INVALID"
+    assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
+    assert Verifier(trust_anchor=other).trust_anchor == other

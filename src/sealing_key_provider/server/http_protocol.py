@@ -49,7 +49,7 @@ def budgeted_protocol(service: KeyService) -> type[asyncio.Protocol]:
                 transport.close()
                 return
             self._counted = True
-            service.metrics.connections.labels(PROTOCOL).inc()
+            service.metrics.open_connections[PROTOCOL].inc()
             super().connection_made(transport)
             self._arm()
 
@@ -93,7 +93,7 @@ def budgeted_protocol(service: KeyService) -> type[asyncio.Protocol]:
                 self._head_timer.cancel()
                 self._head_timer = None
             service.connections.release()
-            service.metrics.connections.labels(PROTOCOL).dec()
+            service.metrics.open_connections[PROTOCOL].dec()
             super().connection_lost(exc)
 
     return BudgetedH11Protocol

@@ -68,7 +68,7 @@ class LegacyServer:
             return
         assert task is not None
         self._tasks.add(task)
-        self.service.metrics.connections.labels(PROTOCOL).inc()
+        self.service.metrics.open_connections[PROTOCOL].inc()
         try:
             self.service.admit(address)
             await self._serve_one(reader, writer, peer)
@@ -77,7 +77,7 @@ class LegacyServer:
         finally:
             budget.release()
             self._tasks.discard(task)
-            self.service.metrics.connections.labels(PROTOCOL).dec()
+            self.service.metrics.open_connections[PROTOCOL].dec()
             await self._close(writer)
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:

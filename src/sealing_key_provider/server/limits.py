@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -99,22 +98,42 @@ class ConcurrencyGate:
         self._semaphore = asyncio.Semaphore(limit)
         self.in_use = 0
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def slot(self) -> _Slot:
         """Hold one slot for the body of the ``async with``; :class:`Overloaded` if none comes in time."""
-        try:
-            async with asyncio.timeout(self.wait):
-                await self._semaphore.acquire()
-        except TimeoutError:
-            raise Overloaded(
-                f"all {self.limit} request slots stayed busy for {self.wait:g} s; retry later"
-            ) from None
+        return _Slot(self)
+
+    async def _acquire(self) -> None:
+        # A free slot is taken without arming a timer: the common case under normal load.
+        if not self._semaphore.locked():
+            await self._semaphore.acquire()
+        else:
+            try:
+                async with asyncio.timeout(self.wait):
+                    await self._semaphore.acquire()
+            except TimeoutError:
+                raise Overloaded(
+                    f"all {self.limit} request slots stayed busy for {self.wait:g} s; retry later"
+                ) from None
         self.in_use += 1
-        try:
-            yield
-        finally:
-            self.in_use -= 1
-            self._semaphore.release()
+
+    def _release(self) -> None:
+        self.in_use -= 1
+        self._semaphore.release()
+
+
+class _Slot:
+    """The ``async with`` object of :meth:`ConcurrencyGate.slot` (a plain class: no generator per request)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: ConcurrencyGate) -> None:
+        self._gate = gate
+
+    async def __aenter__(self) -> None:
+        await self._gate._acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._gate._release()
 
 
 class ConnectionBudget:

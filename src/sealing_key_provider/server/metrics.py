@@ -87,17 +87,26 @@ class Metrics:
             ("protocol",),
             registry=self.registry,
         )
+        # Children resolved once: ``labels()`` costs a lock and a dict lookup per call, on every request.
+        self._outcomes: dict[tuple[str, str], Counter] = {}
+        self._latency = {protocol: self.latency.labels(protocol) for protocol in PROTOCOLS}
+        self.open_connections = {protocol: self.connections.labels(protocol) for protocol in PROTOCOLS}
         for protocol in PROTOCOLS:
-            self.requests.labels(protocol, OK)
-            self.latency.labels(protocol)
-            self.connections.labels(protocol)
+            self._outcome(protocol, OK)
         if cache_stats is not None:
             self.registry.register(_CacheCollector(cache_stats))
 
+    def _outcome(self, protocol: str, code: str) -> Counter:
+        child = self._outcomes.get((protocol, code))
+        if child is None:  # codes are a closed set (errors.py), so this dict stays small
+            child = self._outcomes[(protocol, code)] = self.requests.labels(protocol, code)
+        return child
+
     def observe(self, protocol: str, code: str, seconds: float, quote_seconds: float | None = None) -> None:
         """Count one finished key request (granted: ``code`` is ``OK``)."""
-        self.requests.labels(protocol, code).inc()
-        self.latency.labels(protocol).observe(seconds)
+        self._outcome(protocol, code).inc()
+        latency = self._latency.get(protocol)
+        (latency if latency is not None else self.latency.labels(protocol)).observe(seconds)
         if quote_seconds is not None:
             self.quote_generation.observe(quote_seconds)
 

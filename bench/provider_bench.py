@@ -1,16 +1,16 @@
 """The provider over loopback: a real ``serve`` subprocess (simulated platform, PRODUCTION mode,
 collateral from a file, audit log at INFO to a file), both protocols, 1 and 32 concurrent clients.
 
-Clients are threads of this process with pre-generated TD quotes (one distinct quote per request), so
-the server does the same work a stream of real TDs would cause. The crypto floor is measured in the
-same run: a warm ``Verifier.verify`` of a TD quote (its signature checks), one sealed box, and one
-simulated SGX quote generation (its signing). ``1 / floor`` is what one core could serve if a request
-cost nothing but that crypto; the target is a throughput of at least half of it. The server's peak
-RSS (VmHWM) is read from /proc after the run.
+Load comes from :mod:`.loadgen` (one ``selectors`` loop, pre-built request bytes, one distinct TD
+quote per request), so the figures measure the server rather than a Python HTTP client. The crypto
+floor is measured in the same run, each part alone: the two ECDSA checks every TD quote carries, one
+sealed box, and the ECDSA signature of the provider's own quote. ``1 / floor`` is what one core could
+serve if a request cost nothing but that crypto; the target is a throughput of at least half of it.
+The server's peak RSS (VmHWM) is read from /proc after the run.
 
-Also printed: the server's CPU time per request (from /proc/PID/stat) and ``floor / CPU``, the share of
-its CPU spent on the unavoidable crypto. Clients share the machine's cores with the server, so the
-throughput ratio understates what the server would do with a core of its own; ``floor / CPU`` does not.
+Also printed: ``Provider.handle`` alone (no network), the server's CPU time per request (from
+/proc/PID/stat) and ``floor / CPU``, the share of its CPU spent on the unavoidable crypto, which does
+not depend on how the machine's cores are shared between server and load generator.
 """
 
 from __future__ import annotations
@@ -22,25 +22,31 @@ import os
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import nacl.public
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sealing_key_provider.collateral import FileSource
 from sealing_key_provider.dcap import Verifier
+from sealing_key_provider.dcap.abi import parse_quote
 from sealing_key_provider.keys import build_registry, seal
 from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import KeyRequest, Provider
 from sealing_key_provider.sim import SimPlatform
+
+from . import loadgen
 
 REQUESTS = 300
 CONCURRENCY = (1, 32)
@@ -64,20 +70,40 @@ def _median_seconds(fn: Callable[[int], object], rounds: int) -> float:
     return statistics.median(samples)
 
 
-def _crypto_floor(sim: SimPlatform, quotes: list[bytes], rounds: int = 200) -> tuple[float, dict[str, float]]:
-    now = int(time.time())
-    verifier = Verifier(trust_anchor=sim.root_certificate)
-    collateral = sim.collateral("tdx", now=now)
-    verifier.verify(quotes[0], collateral, now)  # warm: chain, collateral and QE caches filled
-    platform = SimSgxPlatform.load(sim.state_dir)
+def _signature_check(public_key: bytes, raw_signature: bytes, data: bytes) -> None:
+    """One DCAP ECDSA-P256 check as a verifier must do it: raw key and ``r || s`` in, verified."""
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + public_key)
+    der = encode_dss_signature(
+        int.from_bytes(raw_signature[:32], "big"), int.from_bytes(raw_signature[32:], "big")
+    )
+    key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+
+
+def _crypto_floor(sim: SimPlatform, quotes: list[bytes], rounds: int = 300) -> tuple[float, dict[str, float]]:
+    """The crypto a request cannot do without, each part timed alone (medians, seconds).
+
+    The two signature checks every TD quote carries (the quote by the attestation key, the QE report
+    by the PCK key; the certificate chain and collateral checks are per platform, not per request),
+    one sealed box, and the ECDSA signature of the provider's own quote (the simulated QE's)."""
+    parsed = [parse_quote(q) for q in quotes]
+    leaf = x509.load_pem_x509_certificates(parsed[0].pck_chain_pem)[0].public_key()
+    pck_key = leaf.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)[1:]
+    signer = ec.generate_private_key(ec.SECP256R1())
+    sgx_signed = SimSgxPlatform.load(sim.state_dir).quote(bytes(64))[:432]  # SGX v3 header + body
     recipient = bytes(nacl.public.PrivateKey.generate().public_key)
     key = os.urandom(32)
+
+    def quote_checks(i: int) -> None:
+        q = parsed[i % len(parsed)]
+        _signature_check(q.attestation_key, q.signature, q.signed_data)
+        _signature_check(pck_key, q.qe_report_signature, q.qe_report.raw)
+
     parts = {
-        "verify (warm)": _median_seconds(
-            lambda i: verifier.verify(quotes[i % len(quotes)], collateral, now), rounds
-        ),
+        "2 quote signature checks": _median_seconds(quote_checks, rounds),
         "sealed box": _median_seconds(lambda i: seal(key, recipient), rounds),
-        "sgx quote": _median_seconds(lambda i: platform.quote(i.to_bytes(64, "big")), rounds),
+        "quote signing": _median_seconds(
+            lambda i: signer.sign(sgx_signed, ec.ECDSA(hashes.SHA256())), rounds
+        ),
     }
     return sum(parts.values()), parts
 
@@ -96,77 +122,22 @@ def _handle_in_process(sim: SimPlatform, collateral: Path, quotes: list[bytes], 
     return _median_seconds(lambda i: provider.handle(KeyRequest(quote=quotes[i], legacy=legacy)), len(quotes))
 
 
-def _legacy_frame(quote: bytes) -> bytes:
-    """A request frame exactly as the original's clients build it (encoded before the clock starts)."""
-    body = json.dumps({"quote": list(quote)}).encode()
-    return struct.pack(">I", len(body)) + body
-
-
-def _legacy_once(address: tuple[str, int], frame: bytes) -> None:
-    with socket.create_connection(address, timeout=30) as sock:
-        sock.sendall(frame)
-        header = b""
-        while len(header) < 4:
-            chunk = sock.recv(4 - len(header))
-            if not chunk:
-                raise RuntimeError("legacy request refused (connection closed)")
-            header += chunk
-        (length,) = struct.unpack(">I", header)
-        got = 0
-        while got < length:
-            chunk = sock.recv(min(65536, length - got))
-            if not chunk:
-                raise RuntimeError("legacy response truncated")
-            got += len(chunk)
-
-
 def _load(
-    protocol: str, concurrency: int, quotes: list[bytes], legacy: tuple[str, int], url: str
+    protocol: str, concurrency: int, quotes: list[bytes], legacy: tuple[str, int], http: tuple[str, int]
 ) -> tuple[float, list[float]]:
-    """Send ``len(quotes)`` requests from ``concurrency`` threads; (wall seconds, latencies)."""
-    next_index = iter(range(len(quotes)))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors: list[BaseException] = []
+    """Send one request per quote with ``concurrency`` in flight; (wall seconds, latencies).
+
+    Request bytes are built before the clock starts, exactly as the original's clients (legacy: a
+    length and ``json.dumps({"quote": [ints]})``) and our SDK (HTTP: base64 JSON) build them."""
     if protocol == "legacy":
-        bodies = [_legacy_frame(q) for q in quotes]
-    else:
-        bodies = [json.dumps({"quote": base64.b64encode(q).decode()}).encode() for q in quotes]
-
-    def worker() -> None:
-        with httpx.Client(base_url=url, timeout=30.0) as client:
-            while True:
-                with lock:
-                    i = next(next_index, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                try:
-                    if protocol == "legacy":
-                        _legacy_once(legacy, bodies[i])
-                    else:
-                        r = client.post(
-                            "/v1/keys", content=bodies[i], headers={"content-type": "application/json"}
-                        )
-                        if r.status_code != 200:
-                            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-                except BaseException as e:  # recorded and reported: a failed run has no figures
-                    errors.append(e)
-                    return
-                dt = time.perf_counter() - t0
-                with lock:
-                    latencies.append(dt)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{protocol} x{concurrency}: {errors[0]!r}")
-    return wall, latencies
+        requests = [loadgen.legacy_frame(json.dumps({"quote": list(q)}).encode()) for q in quotes]
+        return loadgen.run(protocol, concurrency, requests, legacy)
+    host = f"{http[0]}:{http[1]}"
+    requests = [
+        loadgen.http_request(json.dumps({"quote": base64.b64encode(q).decode()}).encode(), host)
+        for q in quotes
+    ]
+    return loadgen.run(protocol, concurrency, requests, http)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -255,12 +226,12 @@ level = "info"
             try:
                 _wait_ready(proc, url, log)
                 for protocol in ("legacy", "http"):  # warm-up: caches, connections, code paths
-                    _load(protocol, 4, quotes[:20], legacy, url)
+                    _load(protocol, 4, quotes[:20], legacy, http)
                 results = []
                 for protocol in ("legacy", "http"):
                     for concurrency in CONCURRENCY:
                         cpu0 = _cpu_seconds(proc.pid)
-                        wall, lat = _load(protocol, concurrency, quotes, legacy, url)
+                        wall, lat = _load(protocol, concurrency, quotes, legacy, http)
                         cpu = (_cpu_seconds(proc.pid) - cpu0) / len(lat)
                         results.append((protocol, concurrency, len(lat) / wall, lat, cpu))
                 rss = _vm_hwm_mb(proc.pid)

@@ -172,6 +172,44 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: flo
     raise TimeoutError("serve did not become ready")
 
 
+def _bare_cpu(protocol: str, quotes: list[bytes], work: Path) -> float:
+    """Server CPU seconds per request of :mod:`.bare_servers` (the protocol stack, no provider work),
+    loaded like ``serve`` at the highest concurrency."""
+    port = _free_port()
+    log = work / f"bare-{protocol}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_servers", protocol, str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            address = ("127.0.0.1", port)
+            deadline = time.monotonic() + 30.0
+            while True:
+                try:
+                    socket.create_connection(address, timeout=1.0).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"bare {protocol} server did not start: {log.read_text()[-2000:]}"
+                        ) from None
+                    time.sleep(0.05)
+            _load(protocol, 4, quotes[:20], address, address)
+            cpu0 = _cpu_seconds(proc.pid)
+            _, lat = _load(protocol, max(CONCURRENCY), quotes, address, address)
+            return (_cpu_seconds(proc.pid) - cpu0) / len(lat)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def run(requests: int = REQUESTS) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="skp-bench-") as tmp:
         work = Path(tmp)
@@ -242,6 +280,7 @@ level = "info"
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        bare = {p: _bare_cpu(p, quotes, work) for p in ("legacy", "http")}
 
     capacity = 1.0 / floor
     lines = [
@@ -268,6 +307,12 @@ level = "info"
         lines.append(
             f"{protocol}: best throughput/floor = {ratio:.2f} (target >= {TARGET_FLOOR_RATIO}: "
             f"{'met' if ratio >= TARGET_FLOOR_RATIO else 'NOT met'})"
+        )
+    for protocol, cpu in bare.items():
+        bound = floor / (handle[protocol] + cpu)
+        lines.append(
+            f"{protocol}: the protocol stack alone (bench.bare_servers, no provider work) costs {cpu * 1e3:.2f} ms "
+            f"CPU/req; with Provider.handle that bounds one core at floor/(handle + stack) = {bound:.2f}"
         )
     lines.append(
         f"server peak RSS (VmHWM) = {rss:.1f} MB (target < {TARGET_RSS_MB:.0f} MB: "

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import httpx
 import nacl.public
@@ -158,6 +159,23 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_split() -> tuple[set[int] | None, set[int]]:
+    """(the server's CPU, the load generator's CPUs): the server gets one core of its own when the
+    machine has two or more, as the target reads ("on one core") and as README's deployment notes
+    advise (a GIL-bound process that hops between cores pays for it in cache misses)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, set(cpus)
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _spawn(args: list[str], out: IO[bytes], server_cpu: set[int] | None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if server_cpu is not None:
+        os.sched_setaffinity(proc.pid, server_cpu)
+    return proc
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -172,18 +190,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: flo
     raise TimeoutError("serve did not become ready")
 
 
-def _bare_cpu(protocol: str, quotes: list[bytes], work: Path) -> float:
+def _bare_cpu(protocol: str, quotes: list[bytes], work: Path, server_cpu: set[int] | None) -> float:
     """Server CPU seconds per request of :mod:`.bare_servers` (the protocol stack, no provider work),
     loaded like ``serve`` at the highest concurrency."""
     port = _free_port()
     log = work / f"bare-{protocol}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bare_servers", protocol, str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = _spawn(["-m", "bench.bare_servers", protocol, str(port)], out, server_cpu)
         try:
             address = ("127.0.0.1", port)
             deadline = time.monotonic() + 30.0
@@ -211,6 +224,16 @@ def _bare_cpu(protocol: str, quotes: list[bytes], work: Path) -> float:
 
 
 def run(requests: int = REQUESTS) -> list[str]:
+    server_cpu, load_cpus = _cpu_split()
+    own_cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, load_cpus)
+    try:
+        return _run(requests, server_cpu, load_cpus)
+    finally:
+        os.sched_setaffinity(0, own_cpus)
+
+
+def _run(requests: int, server_cpu: set[int] | None, load_cpus: set[int]) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="skp-bench-") as tmp:
         work = Path(tmp)
         sim = SimPlatform.init(work / "state")
@@ -255,11 +278,8 @@ level = "info"
             audit.setLevel(audit_level)
         log = work / "serve.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sealing_key_provider.cli", "serve", "--config", str(config)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+            proc = _spawn(
+                ["-m", "sealing_key_provider.cli", "serve", "--config", str(config)], out, server_cpu
             )
             try:
                 _wait_ready(proc, url, log)
@@ -280,12 +300,16 @@ level = "info"
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        bare = {p: _bare_cpu(p, quotes, work) for p in ("legacy", "http")}
+        bare = {p: _bare_cpu(p, quotes, work, server_cpu) for p in ("legacy", "http")}
 
     capacity = 1.0 / floor
     lines = [
         f"## Provider over loopback (serve subprocess, sim platform, production mode, {requests} requests "
         f"per configuration, {os.cpu_count()} CPUs)",
+        "server on CPU "
+        + (", ".join(map(str, sorted(server_cpu))) if server_cpu else "any (one CPU only)")
+        + ", load generator and in-process timings on CPU "
+        + ", ".join(map(str, sorted(load_cpus))),
         "crypto floor per request: "
         + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in parts.items())
         + f" = {floor * 1e3:.2f} ms -> {capacity:.0f} req/s on one core",

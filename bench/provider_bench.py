@@ -176,6 +176,15 @@ def _spawn(args: list[str], out: IO[bytes], server_cpu: set[int] | None) -> subp
     return proc
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,12 +224,7 @@ def _bare_cpu(protocol: str, quotes: list[bytes], work: Path, server_cpu: set[in
             _, lat = _load(protocol, max(CONCURRENCY), quotes, address, address)
             return (_cpu_seconds(proc.pid) - cpu0) / len(lat)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
 
 
 def run(requests: int = REQUESTS) -> list[str]:
@@ -294,12 +298,7 @@ level = "info"
                         results.append((protocol, concurrency, len(lat) / wall, lat, cpu))
                 rss = _vm_hwm_mb(proc.pid)
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop(proc)
         bare = {p: _bare_cpu(p, quotes, work, server_cpu) for p in ("legacy", "http")}
 
     capacity = 1.0 / floor

@@ -32,6 +32,8 @@ async def _legacy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         decode_legacy_request(await reader.readexactly(length))
         writer.write(encode_legacy_response(ENCRYPTED_KEY, PROVIDER_QUOTE))
         await writer.drain()
+    except asyncio.IncompleteReadError:
+        pass  # the bench's readiness probe: connect and close
     finally:
         writer.close()
         await writer.wait_closed()

@@ -4,6 +4,7 @@ let a changed certificate through."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from pathlib import Path
@@ -14,11 +15,27 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
-from sealing_key_provider.dcap.der import common_name, is_ca, load_cert, pem_certificates
-from sealing_key_provider.dcap.pck import pck_identity, pck_identity_of
-from sealing_key_provider.errors import ProviderError
+from sealing_key_provider.dcap.der import (
+    common_name,
+    crl_tbs,
+    decode_body,
+    encode_body,
+    is_ca,
+    load_cert,
+    pem_bodies,
+)
+from sealing_key_provider.dcap.pck import (
+    SGX_EXTENSION_OID_DER,
+    _pairs,
+    parse_sgx_extension,
+    pck_identity,
+    pck_identity_of,
+)
+from sealing_key_provider.errors import PckCertificateInvalid, ProviderError
 from sealing_key_provider.sim import SimPlatform
 
 from .corpus import case, cases
@@ -65,7 +82,10 @@ def _agree(cert: x509.Certificate) -> None:
 @pytest.mark.parametrize("pem", _chains())
 def test_reader_agrees_with_cryptography_on_every_corpus_certificate(pem: bytes) -> None:
     certs = x509.load_pem_x509_certificates(pem)
-    assert pem_certificates(pem) == [c.public_bytes(Encoding.DER) for c in certs]
+    bodies = pem_bodies(pem)
+    assert bodies is not None
+    assert [decode_body(b) for b in bodies] == [c.public_bytes(Encoding.DER) for c in certs]
+    assert bodies == [encode_body(c.public_bytes(Encoding.DER)) for c in certs]
     for cert in certs:
         _agree(cert)
 
@@ -91,13 +111,12 @@ def test_pck_identity_from_raw_extensions_equals_cryptography_path() -> None:
     [
         b"subject=CN = x\n" + case("sgx-v3-phala-1").collateral.tcb_info_issuer_chain,  # text before
         case("sgx-v3-phala-1").collateral.tcb_info_issuer_chain.replace(b"CERTIFICATE", b"X509 CERTIFICATE"),
-        b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n",
         b"-----BEGIN CERTIFICATE-----\nAAAA\n",
         b"no pem at all",
     ],
 )
 def test_pem_fast_path_hands_anything_unusual_to_cryptography(pem: bytes) -> None:
-    assert pem_certificates(pem) is None
+    assert pem_bodies(pem) is None
 
 
 def test_malformed_der_is_a_value_error() -> None:
@@ -210,3 +229,111 @@ def test_the_prepared_intel_anchor_does_not_leak_into_other_anchors() -> None:
     assert err.value.code == "PCK_CHAIN_INVALID"
     assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
     assert Verifier(trust_anchor=other).trust_anchor == other
+
+
+def test_crl_reader_agrees_with_cryptography() -> None:
+    from sealing_key_provider.dcap.pck import encode_oid
+
+    for c in cases():
+        col = c.collateral
+        for raw in (col.root_ca_crl, col.pck_crl):
+            pem = raw.startswith(b"-----BEGIN")
+            data = x509.load_pem_x509_crl(raw).public_bytes(Encoding.DER) if pem else raw
+            crl = x509.load_der_x509_crl(data)
+            tbs, oids = crl_tbs(data)
+            assert tbs == crl.tbs_certlist_bytes
+            assert oids == {encode_oid(e.oid.dotted_string) for e in crl.extensions}
+
+
+def test_crl_without_crl_number_is_refused_before_its_signature() -> None:
+    c = case("sgx-v3-phala-1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    root = x509.load_pem_x509_certificates(c.collateral.pck_crl_issuer_chain)[1]
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(root.subject)
+        .last_update(dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+        .next_update(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        .sign(key, hashes.SHA256())
+    )
+    bad = dataclasses.replace(c.collateral, root_ca_crl=crl.public_bytes(Encoding.DER))
+    with pytest.raises(ProviderError) as err:
+        Verifier().verify(c.quote, bad, c.now)
+    assert err.value.code == "COLLATERAL_MALFORMED"
+
+
+def test_chain_pem_outside_the_fast_path_verifies_the_same() -> None:
+    c = case("sgx-v3-phala-1")
+    col = c.collateral
+    expected = Verifier().verify(c.quote, col, c.now).to_dict()
+    odd = dataclasses.replace(
+        col,
+        tcb_info_issuer_chain=b"subject=CN = Intel SGX TCB Signing\n" + col.tcb_info_issuer_chain,
+        pck_crl_issuer_chain=b"issuer=CN = Intel SGX Root CA\n" + col.pck_crl_issuer_chain,
+    )
+    assert pem_bodies(odd.tcb_info_issuer_chain) is None
+    assert Verifier().verify(c.quote, odd, c.now).to_dict() == expected
+
+
+def test_a_body_that_is_not_base64_is_a_typed_error() -> None:
+    c = case("sgx-v3-phala-1")
+    col = c.collateral
+    first = col.tcb_info_issuer_chain.index(b"\n", col.tcb_info_issuer_chain.index(b"BEGIN")) + 1
+    broken = col.tcb_info_issuer_chain[:first] + b"@@@@" + col.tcb_info_issuer_chain[first + 4 :]
+    with pytest.raises(ProviderError) as err:
+        Verifier().verify(c.quote, dataclasses.replace(col, tcb_info_issuer_chain=broken), c.now)
+    assert err.value.code == "COLLATERAL_MALFORMED"
+
+
+def _reference_pairs(buf: bytes, start: int, end: int) -> dict[bytes, tuple[int, bytes]]:
+    """The SGX extension's pair reader as first written (every element through the generic reader):
+    the oracle for the inlined one in ``pck._pairs``."""
+    from sealing_key_provider.dcap.pck import TAG_OID, TAG_SEQUENCE, _tlv
+
+    out: dict[bytes, tuple[int, bytes]] = {}
+    pos = start
+    while pos < end:
+        tag, vstart, vend = _tlv(buf, pos, end)
+        pos = vend
+        if tag != TAG_SEQUENCE:
+            raise PckCertificateInvalid("not a SEQUENCE")
+        otag, ostart, oend = _tlv(buf, vstart, vend)
+        itag, istart, iend = _tlv(buf, oend, vend)
+        if otag != TAG_OID or oend == ostart or buf[oend - 1] & 0x80 or iend != vend:
+            raise PckCertificateInvalid("not {OID, value}")
+        oid = buf[ostart:oend]
+        if oid in out:
+            raise PckCertificateInvalid("duplicate")
+        out[oid] = (itag, buf[istart:iend])
+    return out
+
+
+def _sgx_extension(name: str) -> bytes:
+    leaf = load_cert(
+        x509.load_pem_x509_certificates(parse_quote(case(name).quote).pck_chain_pem)[0].public_bytes(
+            Encoding.DER
+        )
+    )
+    return leaf.extensions[SGX_EXTENSION_OID_DER]
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(data=st.data())
+def test_inlined_pair_reader_matches_the_reference_on_damaged_extensions(data: st.DataObject) -> None:
+    ext = bytearray(_sgx_extension(data.draw(st.sampled_from(["tdx-v4-phala-1", "sgx-v3-phala-1"]))))
+    for _ in range(data.draw(st.integers(1, 3))):
+        ext[data.draw(st.integers(0, len(ext) - 1))] ^= data.draw(st.integers(1, 255))
+    cut = data.draw(st.integers(0, len(ext)))
+    buf = bytes(ext[:cut])
+    for start, end in [(0, len(buf)), (4, len(buf))]:
+        try:
+            expected: object = _reference_pairs(buf, start, end)
+        except PckCertificateInvalid:
+            expected = PckCertificateInvalid
+        try:
+            got: object = _pairs(buf, start, end, "x")
+        except PckCertificateInvalid:
+            got = PckCertificateInvalid
+        assert got == expected
+    with contextlib.suppress(PckCertificateInvalid):  # and no other exception
+        parse_sgx_extension(buf, "platform")

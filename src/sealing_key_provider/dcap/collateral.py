@@ -187,6 +187,21 @@ def _components(tcb: Mapping[str, Any], key: str, what: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _fast_svns(comps: object) -> tuple[int, ...] | None:
+    """16 ``{"svn": 0..255, ...}`` objects to their SVNs, or None: then :func:`_components` decides
+    (and names what is wrong). Written for speed: a TCB info holds up to ~30 such lists."""
+    if type(comps) is not list or len(comps) != 16:
+        return None
+    try:
+        svns = tuple([c["svn"] for c in comps])
+    except (TypeError, KeyError):
+        return None
+    for svn in svns:
+        if type(svn) is not int or not 0 <= svn <= 255:
+            return None
+    return svns
+
+
 @dataclass(frozen=True, slots=True)
 class TcbLevel:
     sgx_components: tuple[int, ...]
@@ -256,21 +271,47 @@ def _load_object(raw: bytes, what: str) -> Mapping[str, Any]:
 
 
 def _module_levels(obj: Mapping[str, Any], what: str) -> tuple[ModuleTcbLevel, ...]:
-    out = []
-    for i, lvl in enumerate(_get(obj, "tcbLevels", list, what)):
-        w = f"{what}.tcbLevels[{i}]"
-        if not isinstance(lvl, dict):
-            raise CollateralMalformed(f"{w} must be an object")
-        tcb = _get(lvl, "tcb", dict, w)
-        out.append(
-            ModuleTcbLevel(
-                isvsvn=_svn(tcb.get("isvsvn"), f"{w}.tcb.isvsvn", 0xFFFF),
-                tcb_date=_get(lvl, "tcbDate", str, w),
-                status=_get(lvl, "tcbStatus", str, w),
-                advisory_ids=_advisories(lvl, w),
-            )
-        )
-    return tuple(out)
+    return tuple(
+        _fast_module_level(lvl) or _module_level(lvl, f"{what}.tcbLevels[{i}]")
+        for i, lvl in enumerate(_get(obj, "tcbLevels", list, what))
+    )
+
+
+def _module_level(lvl: object, w: str) -> ModuleTcbLevel:
+    """One QE / TDX module TCB level, every field checked with a message naming it."""
+    if not isinstance(lvl, dict):
+        raise CollateralMalformed(f"{w} must be an object")
+    tcb = _get(lvl, "tcb", dict, w)
+    return ModuleTcbLevel(
+        isvsvn=_svn(tcb.get("isvsvn"), f"{w}.tcb.isvsvn", 0xFFFF),
+        tcb_date=_get(lvl, "tcbDate", str, w),
+        status=_get(lvl, "tcbStatus", str, w),
+        advisory_ids=_advisories(lvl, w),
+    )
+
+
+def _fast_module_level(lvl: object) -> ModuleTcbLevel | None:
+    """:func:`_module_level` for a well-formed level, else None (then that function names the error)."""
+    if type(lvl) is not dict:
+        return None
+    tcb = lvl.get("tcb")
+    if type(tcb) is not dict:
+        return None
+    isvsvn = tcb.get("isvsvn")
+    date, status = lvl.get("tcbDate"), lvl.get("tcbStatus")
+    ids = lvl.get("advisoryIDs", [])
+    if (
+        type(isvsvn) is not int
+        or not 0 <= isvsvn <= 0xFFFF
+        or type(date) is not str
+        or type(status) is not str
+        or type(ids) is not list
+    ):
+        return None
+    for a in ids:
+        if type(a) is not str:
+            return None
+    return ModuleTcbLevel(isvsvn, date, status, tuple(ids))
 
 
 def _module_identity(obj: Mapping[str, Any], what: str, with_levels: bool) -> TdxModuleIdentity:
@@ -293,22 +334,10 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
     if version != 3:
         raise CollateralMalformed(f"tcbInfo version {version} is not supported (3 is)")
     is_tdx = tcb_id == "TDX"
-    levels = []
-    for i, lvl in enumerate(_get(obj, "tcbLevels", list, what)):
-        w = f"tcbInfo.tcbLevels[{i}]"
-        if not isinstance(lvl, dict):
-            raise CollateralMalformed(f"{w} must be an object")
-        tcb = _get(lvl, "tcb", dict, w)
-        levels.append(
-            TcbLevel(
-                sgx_components=_components(tcb, "sgxtcbcomponents", f"{w}.tcb"),
-                pcesvn=_svn(tcb.get("pcesvn"), f"{w}.tcb.pcesvn", 0xFFFF),
-                tdx_components=_components(tcb, "tdxtcbcomponents", f"{w}.tcb") if is_tdx else None,
-                tcb_date=_get(lvl, "tcbDate", str, w),
-                status=_get(lvl, "tcbStatus", str, w),
-                advisory_ids=_advisories(lvl, w),
-            )
-        )
+    levels = [
+        _fast_tcb_level(lvl, is_tdx) or _tcb_level(lvl, i, is_tdx)
+        for i, lvl in enumerate(_get(obj, "tcbLevels", list, what))
+    ]
     module = None
     identities: tuple[TdxModuleIdentity, ...] = ()
     if is_tdx:
@@ -335,6 +364,52 @@ def parse_tcb_info(raw: bytes) -> TcbInfo:
         tdx_module_identities=identities,
         tcb_levels=tuple(levels),
     )
+
+
+def _tcb_level(lvl: object, i: int, is_tdx: bool) -> TcbLevel:
+    """One TCB level, every field checked with a message naming it."""
+    w = f"tcbInfo.tcbLevels[{i}]"
+    if not isinstance(lvl, dict):
+        raise CollateralMalformed(f"{w} must be an object")
+    tcb = _get(lvl, "tcb", dict, w)
+    return TcbLevel(
+        sgx_components=_components(tcb, "sgxtcbcomponents", f"{w}.tcb"),
+        pcesvn=_svn(tcb.get("pcesvn"), f"{w}.tcb.pcesvn", 0xFFFF),
+        tdx_components=_components(tcb, "tdxtcbcomponents", f"{w}.tcb") if is_tdx else None,
+        tcb_date=_get(lvl, "tcbDate", str, w),
+        status=_get(lvl, "tcbStatus", str, w),
+        advisory_ids=_advisories(lvl, w),
+    )
+
+
+def _fast_tcb_level(lvl: object, is_tdx: bool) -> TcbLevel | None:
+    """The same level as :func:`_tcb_level` when the level is well formed, else None (and then
+    :func:`_tcb_level` raises the precise error). It accepts nothing :func:`_tcb_level` refuses:
+    ``tests/test_dcap_collateral_fast.py`` holds the two to the same results."""
+    if type(lvl) is not dict:
+        return None
+    tcb = lvl.get("tcb")
+    if type(tcb) is not dict:
+        return None
+    sgx = _fast_svns(tcb.get("sgxtcbcomponents"))
+    tdx = _fast_svns(tcb.get("tdxtcbcomponents")) if is_tdx else None
+    pcesvn = tcb.get("pcesvn")
+    date, status = lvl.get("tcbDate"), lvl.get("tcbStatus")
+    ids = lvl.get("advisoryIDs", [])
+    if (
+        sgx is None
+        or (is_tdx and tdx is None)
+        or type(pcesvn) is not int
+        or not 0 <= pcesvn <= 0xFFFF
+        or type(date) is not str
+        or type(status) is not str
+        or type(ids) is not list
+    ):
+        return None
+    for a in ids:
+        if type(a) is not str:
+            return None
+    return TcbLevel(sgx, pcesvn, tdx, date, status, tuple(ids))
 
 
 def _bad(message: str) -> TdxModuleIdentity:

@@ -14,7 +14,7 @@ errors.
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography import x509
 
@@ -31,6 +31,9 @@ TAG_SET = 0x31
 #: DER content of id-at-commonName (2.5.4.3) and id-ce-basicConstraints (2.5.29.19).
 OID_COMMON_NAME = b"\x55\x04\x03"
 OID_BASIC_CONSTRAINTS = b"\x55\x1d\x13"
+#: id-ce-cRLNumber (2.5.29.20) and id-ce-authorityKeyIdentifier (2.5.29.35).
+OID_CRL_NUMBER = b"\x55\x1d\x14"
+OID_AUTHORITY_KEY_IDENTIFIER = b"\x55\x1d\x23"
 
 
 def tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
@@ -51,13 +54,14 @@ def tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return tag, pos, pos + length
 
 
-def pem_certificates(pem: bytes) -> list[bytes] | None:
-    """The DER of each block of a plain PEM certificate chain, or None for anything else.
+def pem_bodies(pem: bytes) -> list[bytes] | None:
+    """The base64 text of each block of a plain PEM certificate chain, whitespace removed, or None
+    for anything else.
 
-    Plain means: only ``CERTIFICATE`` blocks, base64 bodies, whitespace (or the NUL that ends a
-    quote's chain) around them. On None the caller lets ``cryptography``'s PEM reader decide, so this
-    fast path never accepts a chain that reader would refuse for its form; the DER itself is always
-    loaded by ``cryptography``.
+    Plain means: only ``CERTIFICATE`` blocks, whitespace (or the NUL that ends a quote's chain) around
+    them. On None the caller lets ``cryptography``'s PEM reader decide. A body is decoded with
+    :func:`decode_body` only when it is not already known: equal text means equal DER, so the anchor
+    and a certificate repeated across chains are recognised without decoding them.
     """
     parts = pem.split(_BEGIN)
     if len(parts) < 2 or parts[0].strip(_BLANK):
@@ -67,15 +71,21 @@ def pem_certificates(pem: bytes) -> list[bytes] | None:
         body, sep, rest = part.partition(_END)
         if not sep or rest.strip(_BLANK):
             return None
-        try:
-            out.append(binascii.a2b_base64(b"".join(body.split()), strict_mode=True))
-        except binascii.Error:
-            return None
+        out.append(b"".join(body.split()))
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Cert:
+def decode_body(text: bytes) -> bytes:
+    """DER from a body of :func:`pem_bodies` (``binascii.Error``, a ValueError, if not base64)."""
+    return binascii.a2b_base64(text, strict_mode=True)
+
+
+def encode_body(der: bytes) -> bytes:
+    """The body :func:`pem_bodies` returns for a certificate written out as PEM."""
+    return binascii.b2a_base64(der, newline=False)
+
+
+class Cert(NamedTuple):
     """A certificate, its DER and the DER pieces the verifier reads."""
 
     cert: x509.Certificate
@@ -141,6 +151,36 @@ def load_cert(der: bytes) -> Cert:
                 raise ValueError(f"duplicate extension {oid.hex()}")
             extensions[oid] = der[vs:ve]
     return Cert(cert, der, der[tbs_at:tbs_end], issuer, subject, extensions)
+
+
+def crl_tbs(der: bytes) -> tuple[bytes, set[bytes]]:
+    """A DER CRL's tbsCertList element, exactly as signed, and the extnIDs of its crlExtensions."""
+    tag, start, end = tlv(der, 0, len(der))
+    if tag != TAG_SEQUENCE or end != len(der):
+        raise ValueError("CRL is not one DER SEQUENCE")
+    tag, pos, tbs_end = tlv(der, start, end)
+    if tag != TAG_SEQUENCE:
+        raise ValueError("tbsCertList is not a SEQUENCE")
+    oids: set[bytes] = set()
+    while pos < tbs_end:
+        tag, vstart, vend = tlv(der, pos, tbs_end)
+        pos = vend
+        if tag != 0xA0:  # version, signature, issuer, thisUpdate, nextUpdate, revokedCertificates
+            continue
+        tag, epos, eend = tlv(der, vstart, vend)
+        if tag != TAG_SEQUENCE or eend != vend:
+            raise ValueError("CRL extensions are not a SEQUENCE")
+        while epos < eend:
+            tag, xstart, xend = tlv(der, epos, eend)
+            epos = xend
+            otag, ostart, oend = tlv(der, xstart, xend)
+            if tag != TAG_SEQUENCE or otag != TAG_OID:
+                raise ValueError("CRL extension is not {OID, ...}")
+            oid = der[ostart:oend]
+            if oid in oids:
+                raise ValueError(f"duplicate CRL extension {oid.hex()}")
+            oids.add(oid)
+    return der[start:tbs_end], oids
 
 
 def common_name(name: bytes) -> str:

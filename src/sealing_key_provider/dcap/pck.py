@@ -106,19 +106,38 @@ OID_CONFIGURATION = encode_oid(f"{_PREFIX}.7")
 #: TCB component i (1..16), PCESVN (17), CPUSVN (18).
 OID_TCB_ITEM = {i: encode_oid(f"{_PREFIX}.2.{i}") for i in range(1, 19)}
 _OID_CONFIG_ITEM = {encode_oid(f"{_PREFIX}.7.{i}"): i for i in (1, 2, 3)}
+_OID_TCB_COMPONENTS = tuple(OID_TCB_ITEM[i] for i in range(1, 17))
+_INT_TAGS = (TAG_INTEGER, TAG_ENUMERATED)
 
 
 def _pairs(buf: bytes, start: int, end: int, what: str) -> dict[bytes, tuple[int, bytes]]:
-    """SEQUENCE OF SEQUENCE { OID, value } into {oid DER bytes: (tag, value)}; duplicates are refused."""
+    """SEQUENCE OF SEQUENCE { OID, value } into {oid DER bytes: (tag, value)}; duplicates are refused.
+
+    Short-form lengths (every element but the TCB and Configuration sequences) are read inline, the
+    rest by :func:`_tlv`: this loop reads ~30 pairs per PCK certificate on the cold path.
+    """
     out: dict[bytes, tuple[int, bytes]] = {}
     pos = start
     while pos < end:
-        tag, vstart, vend = _tlv(buf, pos, end)
+        if pos + 2 <= end and buf[pos + 1] < 0x80:
+            tag, vstart, vend = buf[pos], pos + 2, pos + 2 + buf[pos + 1]
+            if vend > end:
+                raise _fail("element runs past its container")
+        else:
+            tag, vstart, vend = _tlv(buf, pos, end)
         pos = vend
         if tag != TAG_SEQUENCE:
             raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
-        otag, ostart, oend = _tlv(buf, vstart, vend)
-        itag, istart, iend = _tlv(buf, oend, vend)
+        if vstart + 2 <= vend and buf[vstart + 1] < 0x80:
+            otag, ostart, oend = buf[vstart], vstart + 2, vstart + 2 + buf[vstart + 1]
+            if oend > vend:
+                raise _fail("element runs past its container")
+        else:
+            otag, ostart, oend = _tlv(buf, vstart, vend)
+        if oend + 2 <= vend and buf[oend + 1] < 0x80:
+            itag, istart, iend = buf[oend], oend + 2, oend + 2 + buf[oend + 1]
+        else:
+            itag, istart, iend = _tlv(buf, oend, vend)
         if otag != TAG_OID or oend == ostart or buf[oend - 1] & 0x80 or iend != vend:
             raise _fail(f"{what}: expected SEQUENCE {{OID, value}}")
         oid = buf[ostart:oend]
@@ -198,11 +217,16 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
         raise _fail("TCB must be a SEQUENCE")
     tcb = _pairs(tcb_value, 0, len(tcb_value), "TCB")
     comps = []
-    for i in range(1, 17):
-        item = tcb.get(OID_TCB_ITEM[i])
+    for i, oid in enumerate(_OID_TCB_COMPONENTS, 1):
+        item = tcb.get(oid)
         if item is None:
             raise _fail(f"TCB lacks component {i}")
-        comps.append(_uint(*item, f"TCB component {i}", 255))
+        # _uint inlined (16 times per certificate), its message built only on failure.
+        tag, value = item
+        n = int.from_bytes(value, "big", signed=True)
+        if tag not in _INT_TAGS or not value or len(value) > 4 or not 0 <= n <= 255:
+            n = _uint(tag, value, f"TCB component {i}", 255)  # raises the precise error
+        comps.append(n)
     pcesvn_item, cpusvn_item = tcb.get(OID_TCB_ITEM[17]), tcb.get(OID_TCB_ITEM[18])
     if pcesvn_item is None or cpusvn_item is None:
         raise _fail("TCB lacks PCESVN or CPUSVN")
@@ -241,13 +265,13 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
     )
 
 
-_SGX_EXTENSION_OID_DER = encode_oid(_PREFIX)
+SGX_EXTENSION_OID_DER = encode_oid(_PREFIX)
 
 
 def pck_identity_of(extensions: Mapping[bytes, bytes], issuer_cn: str) -> PckIdentity:
     """The same as :func:`pck_identity`, from a leaf's raw extensions (extnID DER content to extnValue
     content) and its issuer's common name, as the verifier reads them without ``cryptography``."""
-    value = extensions.get(_SGX_EXTENSION_OID_DER)
+    value = extensions.get(SGX_EXTENSION_OID_DER)
     if value is None:
         raise PckCertificateInvalid("PCK certificate has no SGX extension")
     return parse_sgx_extension(value, ca_type_of_cn(issuer_cn))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -61,7 +61,18 @@ from .collateral import (
     parse_enclave_identity,
     parse_tcb_info,
 )
-from .der import Cert, common_name, is_ca, load_cert, pem_certificates
+from .der import (
+    OID_AUTHORITY_KEY_IDENTIFIER,
+    OID_CRL_NUMBER,
+    Cert,
+    common_name,
+    crl_tbs,
+    decode_body,
+    encode_body,
+    is_ca,
+    load_cert,
+    pem_bodies,
+)
 from .pck import X509_ERRORS, PckIdentity, pck_identity_of
 from .trust import intel_sgx_root_ca
 
@@ -154,8 +165,7 @@ class _Lru(Generic[_K, _V]):
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class _Window:
+class _Window(NamedTuple):
     """A validity window to check at ``now``; ``pck`` selects which error family applies."""
 
     start: int
@@ -188,49 +198,25 @@ def _p256_key(cert: x509.Certificate, what: str, err: type[ProviderError]) -> ec
 _ECDSA_SHA256 = x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256
 
 
-def _der_tbs(der: bytes) -> bytes:
-    """The to-be-signed part of a DER CRL, sliced from the input (cryptography re-encodes it, slowly).
-
-    A CRL is SEQUENCE { tbsCertList SEQUENCE, signatureAlgorithm, signature }: we return the first inner
-    element with its header. The slice is signature-checked, so a wrong slice can only fail closed.
-    """
-
-    def header(pos: int) -> tuple[int, int]:
-        if pos + 2 > len(der) or der[pos] != 0x30:
-            raise CollateralMalformed("CRL is not a DER SEQUENCE")
-        n = der[pos + 1]
-        pos += 2
-        if n & 0x80:
-            k = n & 0x7F
-            if not 0 < k <= 4 or pos + k > len(der):
-                raise CollateralMalformed("CRL has a bad DER length")
-            n = int.from_bytes(der[pos : pos + k], "big")
-            pos += k
-        if pos + n > len(der):
-            raise CollateralMalformed("CRL DER length runs past its end")
-        return pos, n
-
-    inner, _ = header(0)
-    body, length = header(inner)
-    return der[inner : body + length]
-
-
 def _load_chain(
     pem: bytes, count: int, what: str, err: type[ProviderError], seen: dict[bytes, Cert]
 ) -> list[Cert]:
-    """The chain's certificates; one that ``seen`` holds (same DER, within this call) is not parsed
-    again, and what is parsed is added to ``seen``."""
+    """The chain's certificates; one that ``seen`` holds (same base64 text, so same DER, within this
+    call) is not decoded or parsed again, and what is parsed is added to ``seen``."""
     try:
-        ders = pem_certificates(pem)
-        if ders is None:
-            ders = [c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
-        if len(ders) != count:
-            raise err(f"{what} must hold {count} certificates, it holds {len(ders)}")
+        bodies = pem_bodies(pem)
+        if bodies is None:
+            bodies = [
+                encode_body(c.public_bytes(serialization.Encoding.DER))
+                for c in x509.load_pem_x509_certificates(pem)
+            ]
+        if len(bodies) != count:
+            raise err(f"{what} must hold {count} certificates, it holds {len(bodies)}")
         certs = []
-        for der in ders:
-            cert = seen.get(der)
+        for body in bodies:
+            cert = seen.get(body)
             if cert is None:
-                cert = seen[der] = load_cert(der)
+                cert = seen[body] = load_cert(decode_body(body))
             certs.append(cert)
     except X509_ERRORS as e:
         raise err(f"{what} is not a PEM certificate chain: {e}") from e
@@ -260,8 +246,7 @@ def _check_windows(windows: Iterable[_Window], now: int) -> None:
 _ECDSA_P256_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
-@dataclass(frozen=True, slots=True)
-class _Check:
+class _Check(NamedTuple):
     key: ec.EllipticCurvePublicKey
     signature: bytes  # DER
     data: bytes
@@ -326,8 +311,7 @@ class _Batch:
 # --- Prepared (cached) pieces ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Anchor:
+class _Anchor(NamedTuple):
     """The trust anchor as the verifier uses it: DER pieces, key and validity window."""
 
     cert: Cert
@@ -354,8 +338,7 @@ def _intel_anchor() -> _Anchor:
     return _make_anchor(intel_sgx_root_ca())
 
 
-@dataclass(frozen=True, slots=True)
-class _PckChain:
+class _PckChain(NamedTuple):
     leaf: Cert
     intermediate: Cert
     leaf_key: ec.EllipticCurvePublicKey
@@ -363,8 +346,7 @@ class _PckChain:
     windows: tuple[_Window, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _PreparedCollateral:
+class _PreparedCollateral(NamedTuple):
     tcb_info: TcbInfo
     qe_identity: EnclaveIdentity
     root_crl: x509.CertificateRevocationList
@@ -402,6 +384,7 @@ class Verifier:
         self._anchor = anchor
         root = _intel_anchor() if trust_anchor is None else _make_anchor(anchor)
         self._root = root.cert
+        self._root_body = encode_body(root.cert.der)
         self._anchor_key = root.key
         self._anchor_window = root.window
         self._anchor_window_pck = root.pck_window
@@ -535,8 +518,9 @@ class Verifier:
     # -- PCK chain ------------------------------------------------------------------------------------
 
     def _seen(self) -> dict[bytes, Cert]:
-        """The certificates parsed so far in one call, by DER; the anchor is known from the start."""
-        return {self._root.der: self._root}
+        """The certificates parsed so far in one call, by base64 body (see :func:`_load_chain`); the
+        anchor is known from the start."""
+        return {self._root_body: self._root}
 
     def _build_pck(self, pem: bytes, batch: _Batch, seen: dict[bytes, Cert]) -> _PckChain:
         """Parse and check the chain's structure now; its signatures join ``batch``; cached on success."""
@@ -629,13 +613,9 @@ class Verifier:
         issuer: Cert,
         what: str,
     ) -> None:
-        try:
-            crl.extensions.get_extension_for_class(x509.CRLNumber)
-            crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
-        except x509.ExtensionNotFound as e:
-            raise CollateralMalformed(
-                f"{what} lacks the CRL Number or Authority Key Identifier extension"
-            ) from e
+        tbs, extensions = crl_tbs(der)
+        if OID_CRL_NUMBER not in extensions or OID_AUTHORITY_KEY_IDENTIFIER not in extensions:
+            raise CollateralMalformed(f"{what} lacks the CRL Number or Authority Key Identifier extension")
 
         def fail() -> ProviderError:
             # Issuance is proven by the issuer key's signature; names are compared only to explain a
@@ -650,7 +630,7 @@ class Verifier:
                 pass
             return CollateralSignatureInvalid(f"{what} signature is invalid")
 
-        batch.x509(key, crl.signature, _der_tbs(der), crl.signature_algorithm_oid, fail)
+        batch.x509(key, crl.signature, tbs, crl.signature_algorithm_oid, fail)
 
     @staticmethod
     def _crl_window(crl: x509.CertificateRevocationList, what: str) -> _Window:
@@ -662,7 +642,8 @@ class Verifier:
     def _build_collateral(
         self, c: Collateral, batch: _Batch, pck: _PckChain, seen: dict[bytes, Cert]
     ) -> _PreparedCollateral:
-        seen.setdefault(pck.intermediate.der, pck.intermediate)  # a cached chain was not parsed now
+        if not any(c is pck.intermediate for c in seen.values()):  # a cached chain: not parsed now
+            seen[encode_body(pck.intermediate.der)] = pck.intermediate
         try:
             prepared = self._build_collateral_inner(c, batch, pck, seen)
         except X509_ERRORS as e:
@@ -791,14 +772,9 @@ class Verifier:
     @staticmethod
     def _check_qe_identity(q: Quote, ident: EnclaveIdentity) -> ModuleTcbLevel:
         r = q.qe_report
-        misc = r.miscselect.to_bytes(4, "little")
-        if bytes(a & m for a, m in zip(misc, ident.miscselect_mask, strict=True)) != bytes(
-            a & m for a, m in zip(ident.miscselect, ident.miscselect_mask, strict=True)
-        ):
+        if not _masked_equal(r.miscselect.to_bytes(4, "little"), ident.miscselect, ident.miscselect_mask):
             raise QeIdentityMismatch("QE MISCSELECT does not match the QE identity")
-        if bytes(a & m for a, m in zip(r.attributes, ident.attributes_mask, strict=True)) != bytes(
-            a & m for a, m in zip(ident.attributes, ident.attributes_mask, strict=True)
-        ):
+        if not _masked_equal(r.attributes, ident.attributes, ident.attributes_mask):
             raise QeIdentityMismatch("QE attributes do not match the QE identity")
         if r.mrsigner != ident.mrsigner:
             raise QeIdentityMismatch("QE MRSIGNER does not match the QE identity")
@@ -839,10 +815,7 @@ class Verifier:
             raise CollateralMalformed("TDX TCB info lacks tdxModule")
         if td.mrsignerseam != module.mrsigner:
             raise TdxModuleMismatch("MRSIGNERSEAM does not match the TDX module identity")
-        mask = module.attributes_mask
-        if bytes(a & m for a, m in zip(td.seam_attributes, mask, strict=True)) != bytes(
-            a & m for a, m in zip(module.attributes, mask, strict=True)
-        ):
+        if not _masked_equal(td.seam_attributes, module.attributes, module.attributes_mask):
             raise TdxModuleMismatch("SEAM attributes do not match the TDX module identity")
         if major == 0:
             return None
@@ -878,6 +851,14 @@ class Verifier:
         if not sgx_matched:
             raise TcbLevelNotFound("the platform's SGX TCB (PCK certificate) matches no TCB level")
         raise TcbLevelNotFound("the TD's TEE_TCB_SVN matches no TDX TCB level")
+
+
+def _masked_equal(value: bytes, expected: bytes, mask: bytes) -> bool:
+    """``value & mask == expected & mask`` bytewise, for equal-length byte strings."""
+    if not len(value) == len(expected) == len(mask):
+        raise ValueError("masked comparison of byte strings of different lengths")
+    m = int.from_bytes(mask, "little")
+    return int.from_bytes(value, "little") & m == int.from_bytes(expected, "little") & m
 
 
 def _known_status(level: TcbLevel) -> TcbLevel:

@@ -208,3 +208,14 @@ def test_missing_configfs_is_exit_1(served: ServedProvider, capsys: pytest.Captu
         pytest.skip("this machine is a TDX guest")
     rc, _, err = run([*args, "--hex"], capsys)
     assert rc == 1 and "configfs-tsm" in err
+
+
+def test_tdx_guest_source_without_the_device_is_exit_1(
+    served: ServedProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a for a in base(served) if a not in ("--sim-state-dir", str(served.sim.state_dir))]
+    args[args.index("--quote-source") + 1] = "tdx-guest"
+    if Path("/dev/tdx_guest").exists():
+        pytest.skip("this machine is a TDX guest")
+    rc, _, err = run([*args, "--hex"], capsys)
+    assert rc == 1 and "QUOTE_SOURCE_UNAVAILABLE" in err and "/dev/tdx_guest does not exist" in err

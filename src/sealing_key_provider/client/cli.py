@@ -38,6 +38,7 @@ from .quote_source import (
 )
 from .sdk import KeyClient, ProviderKey
 from .secret import wipe
+from .tdx_guest import DEFAULT_TDX_GUEST_DEVICE, qgs_source_from_system
 from .transport import DEFAULT_TIMEOUT, HttpTransport, LegacyTransport, Transport, parse_address
 from .trust import ProviderTrust
 
@@ -136,7 +137,11 @@ def _quote_source(args: argparse.Namespace) -> QuoteSource:
             mrtd=bytes.fromhex(args.sim_mrtd) if args.sim_mrtd else DEFAULT_SIM_MRTD,
             rtmrs=rtmrs,
         )
-    return detect_quote_source()
+    if args.quote_source == "tdx-guest":
+        return qgs_source_from_system()
+    return detect_quote_source(
+        tdx_guest=None if args.quote_source == "configfs" else DEFAULT_TDX_GUEST_DEVICE
+    )
 
 
 def _transport(args: argparse.Namespace) -> Transport:
@@ -308,9 +313,12 @@ def register(subparsers: Any) -> None:
     source = p.add_argument_group("the TD's own quote")
     source.add_argument(
         "--quote-source",
-        choices=("configfs", "sim"),
-        default="configfs",
-        help="configfs-tsm in a TDX guest (default), or a simulated TD",
+        choices=("auto", "configfs", "tdx-guest", "sim"),
+        default="auto",
+        help=(
+            "auto (default): configfs-tsm, else /dev/tdx_guest with the host's QGS over vsock; "
+            "configfs or tdx-guest: only that one; sim: a simulated TD"
+        ),
     )
     source.add_argument("--sim-state-dir", metavar="DIR", help="simulated platform state directory")
     source.add_argument("--sim-mrtd", type=_hex(48), metavar="HEX", help="simulated TD's MRTD")

@@ -5,11 +5,14 @@ Two sources implement :class:`QuoteSource`:
 - :class:`ConfigfsTsmQuoteSource`: the Linux TDX guest's configfs-tsm interface (kernel >= 6.7,
   ``/sys/kernel/config/tsm/report``). The kernel gets a TDREPORT from the TDX module and has the
   host's quote generation service turn it into a DCAP quote. This is the production source.
+- :class:`~.tdx_guest.QgsQuoteSource` (module :mod:`.tdx_guest`): a TDREPORT from ``/dev/tdx_guest``
+  made a quote by the host's QGS over vsock, as Intel's libtdx_attest does on kernels without
+  configfs-tsm.
 - :class:`SimTdQuoteSource`: a TD on the simulated platform (:mod:`sealing_key_provider.sim`) with
   measurements chosen by the caller, for development, tests and demos without TDX hardware.
 
-:func:`detect_quote_source` picks configfs-tsm when it exists and otherwise refuses: it never falls
-back to the simulator, because a simulated quote in production would only fail later, at the
+:func:`detect_quote_source` picks configfs-tsm when it exists, then ``/dev/tdx_guest`` with QGS, and
+otherwise refuses: it never falls back to the simulator, because a simulated quote in production would only fail later, at the
 provider, with a less helpful error.
 
 configfs-tsm protocol (``shared/reference/tee-interfaces.md`` section 6.1). A report is a directory
@@ -531,18 +534,29 @@ class SimTdQuoteSource:
         )
 
 
-def detect_quote_source(root: str | Path = DEFAULT_TSM_ROOT) -> QuoteSource:
-    """The TDX guest's configfs-tsm source if ``root`` exists; otherwise :class:`QuoteSourceUnavailable`.
+def detect_quote_source(
+    root: str | Path = DEFAULT_TSM_ROOT,
+    tdx_guest: str | Path | None = "/dev/tdx_guest",
+    tdx_attest_conf: str | Path = "/etc/tdx-attest.conf",
+) -> QuoteSource:
+    """The TDX guest's quote source: configfs-tsm if ``root`` exists, else (unless ``tdx_guest`` is
+    ``None``) a TDREPORT from ``/dev/tdx_guest`` quoted by the host's QGS over vsock
+    (:mod:`.tdx_guest`); otherwise :class:`QuoteSourceUnavailable`.
 
     There is deliberately no fallback to the simulator: outside a TDX guest the caller must ask for a
     :class:`SimTdQuoteSource` explicitly, so a production TD never sends a simulated quote by accident.
     """
     if os.path.isdir(root):
         return ConfigfsTsmQuoteSource(root)
+    if tdx_guest is not None and os.path.exists(tdx_guest):
+        from .tdx_guest import qgs_source_from_system
+
+        return qgs_source_from_system(tdx_guest, tdx_attest_conf)
+    fallback = f" nor {tdx_guest}" if tdx_guest is not None else ""
     raise QuoteSourceUnavailable(
-        f"no TDX quote source: configfs-tsm is not available at {root} (this needs a TDX guest with kernel "
-        ">= 6.7 and configfs mounted); outside a TDX guest pass a simulated source explicitly "
-        "(SimTdQuoteSource, e.g. SimTdQuoteSource.load(state_dir))"
+        f"no TDX quote source: configfs-tsm is not available at {root}{fallback} (this needs a TDX guest; "
+        "configfs-tsm needs kernel >= 6.7 and configfs mounted); outside a TDX guest pass a simulated "
+        "source explicitly (SimTdQuoteSource, e.g. SimTdQuoteSource.load(state_dir))"
     )
 
 

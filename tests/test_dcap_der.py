@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
+from sealing_key_provider.dcap import Collateral, Verifier, parse_quote, pck
 from sealing_key_provider.dcap.der import (
     common_name,
     crl_tbs,
@@ -337,3 +337,71 @@ def test_inlined_pair_reader_matches_the_reference_on_damaged_extensions(data: s
         assert got == expected
     with contextlib.suppress(PckCertificateInvalid):  # and no other exception
         parse_sgx_extension(buf, "platform")
+    assert _outcome(buf, fast=True) == _outcome(buf, fast=False)
+
+
+def _outcome(ext: bytes, *, fast: bool) -> object:
+    """parse_sgx_extension's result or error type, with or without the TCB fast path."""
+    saved = pck._fast_tcb
+    if not fast:
+        pck._fast_tcb = lambda buf: None
+    try:
+        return pck.parse_sgx_extension(ext, "processor")
+    except PckCertificateInvalid:
+        return PckCertificateInvalid
+    finally:
+        pck._fast_tcb = saved
+
+
+@pytest.mark.parametrize("name", [c.name for c in cases()])
+def test_tcb_fast_path_is_taken_on_real_certificates_and_agrees(name: str) -> None:
+    ext = _sgx_extension(name)
+    _, start, end = pck._tlv(ext, 0, len(ext))
+    _, tcb_value = pck._pairs(ext, start, end, "x")[pck.OID_TCB]
+    assert pck._fast_tcb(tcb_value) is not None
+    assert _outcome(ext, fast=True) == _outcome(ext, fast=False) != PckCertificateInvalid
+
+
+def _der(tag: int, value: bytes) -> bytes:
+    n = len(value)
+    head = bytes([n]) if n < 0x80 else b"\x82" + n.to_bytes(2, "big")
+    return bytes([tag]) + head + value
+
+
+def _pair(oid: bytes, tag: int, value: bytes) -> bytes:
+    return _der(0x30, _der(pck.TAG_OID, oid) + _der(tag, value))
+
+
+def _minimal(n: int) -> bytes:
+    return bytes([n]) if n < 0x80 else b"\x00" + bytes([n])
+
+
+@pytest.mark.parametrize("svns", [(0,) * 16, (255,) * 16, tuple(range(120, 136)), (127, 128) * 8])
+def test_tcb_fast_path_agrees_on_every_integer_form(svns: tuple[int, ...]) -> None:
+    for encode in (_minimal, lambda n: n.to_bytes(2, "big")):
+        items = [_pair(pck.OID_TCB_ITEM[i + 1], pck.TAG_INTEGER, encode(v)) for i, v in enumerate(svns)]
+        items += [
+            _pair(pck.OID_TCB_ITEM[17], pck.TAG_INTEGER, b"\x0d"),
+            _pair(pck.OID_TCB_ITEM[18], pck.TAG_OCTET_STRING, b"\x01" * 16),
+        ]
+        others = b"".join(
+            _pair(o, t, v)
+            for o, t, v in (
+                (pck.OID_PPID, pck.TAG_OCTET_STRING, b"\x02" * 16),
+                (pck.OID_PCEID, pck.TAG_OCTET_STRING, b"\x00\x00"),
+                (pck.OID_FMSPC, pck.TAG_OCTET_STRING, b"\x00" * 6),
+                (pck.OID_SGX_TYPE, pck.TAG_ENUMERATED, b"\x00"),
+            )
+        )
+        in_order = b"".join(items)
+        minimal = all(encode(v) == _minimal(v) for v in svns)
+        assert (pck._fast_tcb(in_order) is not None) is minimal
+        for tcb in (in_order, b"".join(reversed(items)), in_order + items[3], items[0] + in_order):
+            ext = _der(0x30, others + _pair(pck.OID_TCB, 0x30, tcb))
+            fast, general = _outcome(ext, fast=True), _outcome(ext, fast=False)
+            assert fast == general
+            if tcb in (in_order, b"".join(reversed(items))):
+                assert isinstance(fast, pck.PckIdentity)
+                assert fast.tcb_components == svns
+            else:
+                assert fast is PckCertificateInvalid  # a repeated component

@@ -140,10 +140,17 @@ def load_cert(der: bytes) -> Cert:
             epos = xend
             if tag != TAG_SEQUENCE:
                 raise ValueError("extension is not a SEQUENCE")
-            otag, ostart, oend = tlv(der, xstart, xend)
-            vtag, vs, ve = tlv(der, oend, xend)
-            if vtag == TAG_BOOLEAN:  # critical
-                vtag, vs, ve = tlv(der, ve, xend)
+            # Short-form OID and BOOLEAN headers are read inline (~10 extensions per certificate).
+            if xstart + 2 <= xend and der[xstart + 1] < 0x80:
+                otag, ostart, oend = der[xstart], xstart + 2, xstart + 2 + der[xstart + 1]
+                if oend > xend:
+                    raise ValueError("DER element runs past its container")
+            else:
+                otag, ostart, oend = tlv(der, xstart, xend)
+            vpos = oend
+            if vpos + 3 <= xend and der[vpos] == TAG_BOOLEAN and der[vpos + 1] == 1:  # critical
+                vpos += 3
+            vtag, vs, ve = tlv(der, vpos, xend)
             if otag != TAG_OID or vtag != TAG_OCTET_STRING or ve != xend:
                 raise ValueError("extension is not {OID, [critical,] OCTET STRING}")
             oid = der[ostart:oend]

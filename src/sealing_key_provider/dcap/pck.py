@@ -107,7 +107,6 @@ OID_CONFIGURATION = encode_oid(f"{_PREFIX}.7")
 OID_TCB_ITEM = {i: encode_oid(f"{_PREFIX}.2.{i}") for i in range(1, 19)}
 _OID_CONFIG_ITEM = {encode_oid(f"{_PREFIX}.7.{i}"): i for i in (1, 2, 3)}
 _OID_TCB_COMPONENTS = tuple(OID_TCB_ITEM[i] for i in range(1, 17))
-_INT_TAGS = (TAG_INTEGER, TAG_ENUMERATED)
 
 
 def _pairs(buf: bytes, start: int, end: int, what: str) -> dict[bytes, tuple[int, bytes]]:
@@ -145,6 +144,53 @@ def _pairs(buf: bytes, start: int, end: int, what: str) -> dict[bytes, tuple[int
             raise _fail(f"{what}: duplicate OID {oid.hex()}")
         out[oid] = (itag, buf[istart:iend])
     return out
+
+
+def _component_templates() -> tuple[tuple[bytes, bytes], ...]:
+    """For TCB components 1..16, the DER of SEQUENCE { OID, INTEGER } up to the value's last byte,
+    for a one-byte value (0..127) and for a two-byte one (00 80..00 FF)."""
+    out = []
+    for oid in _OID_TCB_COMPONENTS:
+        head = bytes([TAG_OID, len(oid)]) + oid
+        one = bytes([TAG_SEQUENCE, len(head) + 3]) + head + bytes([TAG_INTEGER, 1])
+        two = bytes([TAG_SEQUENCE, len(head) + 4]) + head + bytes([TAG_INTEGER, 2, 0])
+        out.append((one, two))
+    return tuple(out)
+
+
+_COMPONENT_TEMPLATES = _component_templates()
+_COMPONENT_OIDS = frozenset(_OID_TCB_COMPONENTS)
+
+
+def _fast_tcb(buf: bytes) -> tuple[list[int], dict[bytes, tuple[int, bytes]]] | None:
+    """The 16 TCB components and the other pairs of the TCB SEQUENCE, when the components come first,
+    in order, as minimal INTEGERs (as in every Intel PCK certificate); otherwise None, and the general
+    reader decides. It gives what the general reader gives, or None: components are matched byte for
+    byte against their full DER, and the remaining pairs are read by :func:`_pairs` and must not
+    repeat a component."""
+    pos = 0
+    size = len(buf)
+    comps = []
+    for one, two in _COMPONENT_TEMPLATES:
+        if buf.startswith(one, pos):
+            pos += len(one)
+            if pos >= size or buf[pos] >= 0x80:
+                return None
+        elif buf.startswith(two, pos):
+            pos += len(two)
+            if pos >= size or buf[pos] < 0x80:
+                return None
+        else:
+            return None
+        comps.append(buf[pos])
+        pos += 1
+    try:
+        rest = _pairs(buf, pos, size, "TCB")
+    except PckCertificateInvalid:
+        return None
+    if not _COMPONENT_OIDS.isdisjoint(rest):
+        return None
+    return comps, rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,18 +261,17 @@ def parse_sgx_extension(der: bytes, ca_type: str) -> PckIdentity:
     tcb_tag, tcb_value = top[OID_TCB]
     if tcb_tag != TAG_SEQUENCE:
         raise _fail("TCB must be a SEQUENCE")
-    tcb = _pairs(tcb_value, 0, len(tcb_value), "TCB")
-    comps = []
-    for i, oid in enumerate(_OID_TCB_COMPONENTS, 1):
-        item = tcb.get(oid)
-        if item is None:
-            raise _fail(f"TCB lacks component {i}")
-        # _uint inlined (16 times per certificate), its message built only on failure.
-        tag, value = item
-        n = int.from_bytes(value, "big", signed=True)
-        if tag not in _INT_TAGS or not value or len(value) > 4 or not 0 <= n <= 255:
-            n = _uint(tag, value, f"TCB component {i}", 255)  # raises the precise error
-        comps.append(n)
+    fast = _fast_tcb(tcb_value)
+    if fast is not None:
+        comps, tcb = fast
+    else:
+        tcb = _pairs(tcb_value, 0, len(tcb_value), "TCB")
+        comps = []
+        for i, oid in enumerate(_OID_TCB_COMPONENTS, 1):
+            item = tcb.get(oid)
+            if item is None:
+                raise _fail(f"TCB lacks component {i}")
+            comps.append(_uint(*item, f"TCB component {i}", 255))
     pcesvn_item, cpusvn_item = tcb.get(OID_TCB_ITEM[17]), tcb.get(OID_TCB_ITEM[18])
     if pcesvn_item is None or cpusvn_item is None:
         raise _fail("TCB lacks PCESVN or CPUSVN")

@@ -315,6 +315,8 @@ class _Anchor(NamedTuple):
     """The trust anchor as the verifier uses it: DER pieces, key and validity window."""
 
     cert: Cert
+    #: Its PEM body (see :func:`_load_chain`).
+    body: bytes
     key: ec.EllipticCurvePublicKey
     #: Its validity as the end of collateral chains, and as the end of the PCK chain.
     window: _Window
@@ -329,7 +331,8 @@ def _make_anchor(cert: x509.Certificate) -> _Anchor:
     except X509_ERRORS as e:
         raise PckChainInvalid(f"trust anchor is not a usable certificate: {e}") from e
     # The anchor is trusted by configuration, so its self-signature proves nothing and is not checked.
-    return _Anchor(parts, _p256_key(cert, "trust anchor", PckChainInvalid), window, pck_window)
+    key = _p256_key(cert, "trust anchor", PckChainInvalid)
+    return _Anchor(parts, encode_body(parts.der), key, window, pck_window)
 
 
 @cache
@@ -384,7 +387,7 @@ class Verifier:
         self._anchor = anchor
         root = _intel_anchor() if trust_anchor is None else _make_anchor(anchor)
         self._root = root.cert
-        self._root_body = encode_body(root.cert.der)
+        self._root_body = root.body
         self._anchor_key = root.key
         self._anchor_window = root.window
         self._anchor_window_pck = root.pck_window

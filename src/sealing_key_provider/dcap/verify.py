@@ -723,10 +723,13 @@ class Verifier:
             if root_crl.get_revoked_certificate_by_serial_number(cert.cert.serial_number) is not None
         )
 
+        tcb_window = _cert_window(tcb_signer.cert, "TCB info signing certificate", False)
         windows = (
             self._anchor_window,
-            _cert_window(tcb_signer.cert, "TCB info signing certificate", False),
-            _cert_window(qe_signer.cert, "QE identity signing certificate", False),
+            tcb_window,
+            tcb_window._replace(what="QE identity signing certificate")
+            if qe_signer is tcb_signer
+            else _cert_window(qe_signer.cert, "QE identity signing certificate", False),
             _cert_window(crl_ca.cert, "PCK CRL issuer certificate", False),
             self._crl_window(root_crl, "root CA CRL"),
             self._crl_window(pck_crl, "PCK CRL"),

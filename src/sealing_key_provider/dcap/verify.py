@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
+from operator import ge
 from typing import Generic, NamedTuple, TypeVar
 
 from cryptography import x509
@@ -844,9 +845,9 @@ class Verifier:
 
     @staticmethod
     def _sgx_match(pck: PckIdentity, level: TcbLevel) -> bool:
-        return pck.pcesvn >= level.pcesvn and all(
-            p >= lv for p, lv in zip(pck.tcb_components, level.sgx_components, strict=True)
-        )
+        if len(pck.tcb_components) != len(level.sgx_components):
+            raise ValueError("SGX TCB component lists of different lengths")
+        return pck.pcesvn >= level.pcesvn and all(map(ge, pck.tcb_components, level.sgx_components))
 
     def _sgx_level(self, pck: PckIdentity, tcb: TcbInfo) -> TcbLevel:
         for level in tcb.tcb_levels:
@@ -862,7 +863,7 @@ class Verifier:
                 continue
             sgx_matched = True
             comps = level.tdx_components or ()
-            if len(comps) == 16 and all(td.tee_tcb_svn[i] >= comps[i] for i in range(start, 16)):
+            if len(comps) == 16 and all(map(ge, td.tee_tcb_svn[start:16], comps[start:])):
                 return _known_status(level)
         if not sgx_matched:
             raise TcbLevelNotFound("the platform's SGX TCB (PCK certificate) matches no TCB level")

@@ -13,6 +13,10 @@ PCK chain check (per chain), the collateral check (signatures of TCB info, QE id
 chains, per collateral), the QE report signature (per QE report, signature and PCK key) and the parsed
 attestation keys. Time windows are re-checked on every call, so a cache hit can never revive an
 expired document. Caches are bounded LRUs guarded by a lock, so one verifier can serve many threads.
+Nothing that depends on input is shared between verifiers: a fresh :class:`Verifier` has checked
+nothing. Only the pinned Intel root (a constant of this source) is prepared once per process, and
+within one call a certificate met in several chains (the root, the PCK CA that also issues the PCK
+CRL) is parsed once, recognised by its exact PEM body.
 """
 
 from __future__ import annotations

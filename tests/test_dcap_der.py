@@ -405,3 +405,108 @@ def test_tcb_fast_path_agrees_on_every_integer_form(svns: tuple[int, ...]) -> No
                 assert fast.tcb_components == svns
             else:
                 assert fast is PckCertificateInvalid  # a repeated component
+
+
+def _with_basic_constraints(raw: bytes) -> x509.Certificate:
+    """A self-signed certificate whose BasicConstraints extension value is exactly ``raw``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+        .add_extension(
+            x509.UnrecognizedExtension(x509.oid.ExtensionOID.BASIC_CONSTRAINTS, raw), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "ca"),
+    [
+        ("30030101ff", True),
+        ("30060101ff020100", True),
+        ("30060101ff020101", True),
+        ("30070101ff02020080", True),
+        ("3003010100", False),  # cA FALSE (and DEFAULT encoded)
+        ("3000", False),
+        ("30030101ff00", False),  # data after the SEQUENCE
+        ("30030101ff0000", False),
+        ("30060101ff040100", False),  # something other than pathLenConstraint after cA
+        ("30080101ff0201000201", False),  # two pathLenConstraints
+        ("30060101ff0201ff", False),  # negative pathLenConstraint
+        ("30070101ff02020001", False),  # non-minimal INTEGER
+        ("30050101ff0200", False),  # empty INTEGER
+        ("30830000030101ff", False),  # non-minimal length
+        ("3081030101ff", False),
+        ("300e0101ff020901000000000000000000", False),  # pathLenConstraint past 64 bits
+    ],
+)
+def test_basic_constraints_reader_is_as_strict_as_cryptography(value: str, ca: bool) -> None:
+    """cryptography parses extension values only when they are read, so is_ca alone judges the
+    intermediate's BasicConstraints: it must refuse every encoding cryptography refuses (it once took
+    any value that merely began with SEQUENCE { BOOLEAN TRUE })."""
+    cert = _with_basic_constraints(bytes.fromhex(value))
+    try:
+        expected = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except ValueError:
+        expected = False
+    assert expected is ca
+    assert is_ca(load_cert(cert.public_bytes(Encoding.DER))) is ca
+
+
+@pytest.mark.parametrize("der", ["30810100", "3082000100", "308200", "30817f" + "00" * 127])
+def test_non_minimal_lengths_are_refused(der: str) -> None:
+    from sealing_key_provider.dcap.der import tlv
+
+    raw = bytes.fromhex(der)
+    with pytest.raises(ValueError):
+        tlv(raw, 0, len(raw))
+
+
+def test_intermediate_with_trailing_data_in_basic_constraints_is_not_a_ca() -> None:
+    """Through the verifier: an intermediate signed by the anchor whose BasicConstraints value has
+    data after SEQUENCE { TRUE } is refused as a CA, as cryptography's reading refused it."""
+    root_key, inter_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(
+        subject: str, issuer: str, key: ec.EllipticCurvePrivateKey, signer: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+            .not_valid_after(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+        )
+
+    root = (
+        cert("Root CA", "Root CA", root_key, root_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    bc = x509.UnrecognizedExtension(x509.oid.ExtensionOID.BASIC_CONSTRAINTS, bytes.fromhex("30030101ff00"))
+    inter = (
+        cert("SGX PCK Platform CA", "Root CA", inter_key, root_key)
+        .add_extension(bc, critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    leaf = cert("SGX PCK Certificate", "SGX PCK Platform CA", leaf_key, inter_key).sign(
+        inter_key, hashes.SHA256()
+    )
+    c = case("sgx-v3-phala-1")
+    q = dataclasses.replace(parse_quote(c.quote), pck_chain_pem=_pem(leaf, inter, root))
+    with pytest.raises(ProviderError) as err:
+        Verifier(trust_anchor=root).verify(q, c.collateral, c.now)
+    assert err.value.code == "PCK_CHAIN_INVALID"
+    assert "not a CA certificate" in err.value.message

@@ -23,6 +23,7 @@ _END = b"-----END CERTIFICATE-----"
 _BLANK = b" \t\r\n\x00"
 
 TAG_BOOLEAN = 0x01
+TAG_INTEGER = 0x02
 TAG_OID = 0x06
 TAG_OCTET_STRING = 0x04
 TAG_SEQUENCE = 0x30
@@ -48,6 +49,8 @@ def tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
         if n == 0 or n > 4 or pos + n > end:
             raise ValueError("bad DER length encoding")
         length = int.from_bytes(buf[pos : pos + n], "big")
+        if length < 0x80 or buf[pos] == 0:  # DER: the long form only when needed, and minimal
+            raise ValueError("non-minimal DER length encoding")
         pos += n
     if pos + length > end:
         raise ValueError("DER element runs past its container")
@@ -216,15 +219,28 @@ def common_name(name: bytes) -> str:
 
 
 def is_ca(cert: Cert) -> bool:
-    """BasicConstraints cA is TRUE (absent or malformed: not a CA)."""
+    """BasicConstraints cA is TRUE (absent or malformed: not a CA).
+
+    ``cryptography`` leaves extension values unparsed until they are read, so this reader alone
+    judges the value: it must be exactly SEQUENCE { BOOLEAN TRUE, [pathLenConstraint INTEGER >= 0] }
+    in DER (a pathLenConstraint of at most 8 bytes), with nothing after it, as ``cryptography``'s
+    BasicConstraints parser requires.
+    """
     value = cert.extensions.get(OID_BASIC_CONSTRAINTS)
     if value is None:
         return False
     try:
         tag, pos, end = tlv(value, 0, len(value))
-        if tag != TAG_SEQUENCE or pos == end:
+        if tag != TAG_SEQUENCE or end != len(value) or pos == end:
             return False
         tag, vstart, vend = tlv(value, pos, end)
+        if tag != TAG_BOOLEAN or vend - vstart != 1 or value[vstart] != 0xFF:
+            return False
+        if vend == end:
+            return True
+        tag, istart, iend = tlv(value, vend, end)
     except ValueError:
         return False
-    return tag == TAG_BOOLEAN and vend - vstart == 1 and value[vstart] == 0xFF
+    if tag != TAG_INTEGER or iend != end or not 0 < iend - istart <= 8 or value[istart] & 0x80:
+        return False
+    return iend - istart == 1 or value[istart] != 0 or value[istart + 1] & 0x80 != 0

@@ -7,8 +7,12 @@ from the DER that ``cryptography`` has already accepted: the to-be-signed bytes 
 signature-checked, so a wrong slice can only fail closed), the issuer and subject names as DER, the
 first common name of a name, and the raw extensions.
 
-Every error here is a ``ValueError``, which the verifier's X.509 error boundaries turn into its typed
-errors.
+The readers here raise ``ValueError``; :func:`load_cert` also lets ``cryptography``'s own load errors
+through (e.g. ``x509.InvalidVersion``). Every caller sits behind ``pck.X509_ERRORS``, which turns both
+into the verifier's typed errors.
+
+Names are read more leniently than ``cryptography`` would read them (a common name's string type is
+not checked): they sit inside signature-checked bytes, and only the common name's text is compared.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from ..errors import PckCertificateInvalid
+from .der import tlv
 
 SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
 
@@ -46,25 +47,12 @@ def _fail(message: str) -> PckCertificateInvalid:
 
 
 def _tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """One DER element at ``pos``: (tag, start of value, end of value), all bounded by ``end``.
-
-    Offsets rather than slices: the extension holds ~90 elements and is read once per new PCK chain,
-    which puts this walk on the cold verification path.
-    """
-    if pos + 2 > end:
-        raise _fail("truncated element")
-    tag = buf[pos]
-    length = buf[pos + 1]
-    pos += 2
-    if length & 0x80:
-        n = length & 0x7F
-        if n == 0 or n > 4 or pos + n > end:
-            raise _fail("bad length encoding")
-        length = int.from_bytes(buf[pos : pos + n], "big")
-        pos += n
-    if pos + length > end:
-        raise _fail("element runs past its container")
-    return tag, pos, pos + length
+    """:func:`.der.tlv` with this module's error (offsets rather than slices: the extension holds ~90
+    elements and is read once per new PCK chain, on the cold verification path)."""
+    try:
+        return tlv(buf, pos, end)
+    except ValueError as e:
+        raise _fail(str(e)) from None
 
 
 def encode_oid(dotted: str) -> bytes:

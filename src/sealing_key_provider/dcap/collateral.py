@@ -298,20 +298,22 @@ def _fast_module_level(lvl: object) -> ModuleTcbLevel | None:
     if type(tcb) is not dict:
         return None
     isvsvn = tcb.get("isvsvn")
+    tail = _fast_tail(lvl)
+    if tail is None or type(isvsvn) is not int or not 0 <= isvsvn <= 0xFFFF:
+        return None
+    return ModuleTcbLevel(isvsvn, *tail)
+
+
+def _fast_tail(lvl: dict[str, Any]) -> tuple[str, str, tuple[str, ...]] | None:
+    """(tcbDate, tcbStatus, advisoryIDs) of a well-formed level of any kind, else None."""
     date, status = lvl.get("tcbDate"), lvl.get("tcbStatus")
     ids = lvl.get("advisoryIDs", [])
-    if (
-        type(isvsvn) is not int
-        or not 0 <= isvsvn <= 0xFFFF
-        or type(date) is not str
-        or type(status) is not str
-        or type(ids) is not list
-    ):
+    if type(date) is not str or type(status) is not str or type(ids) is not list:
         return None
     for a in ids:
         if type(a) is not str:
             return None
-    return ModuleTcbLevel(isvsvn, date, status, tuple(ids))
+    return date, status, tuple(ids)
 
 
 def _module_identity(obj: Mapping[str, Any], what: str, with_levels: bool) -> TdxModuleIdentity:
@@ -394,22 +396,16 @@ def _fast_tcb_level(lvl: object, is_tdx: bool) -> TcbLevel | None:
     sgx = _fast_svns(tcb.get("sgxtcbcomponents"))
     tdx = _fast_svns(tcb.get("tdxtcbcomponents")) if is_tdx else None
     pcesvn = tcb.get("pcesvn")
-    date, status = lvl.get("tcbDate"), lvl.get("tcbStatus")
-    ids = lvl.get("advisoryIDs", [])
+    tail = _fast_tail(lvl)
     if (
-        sgx is None
+        tail is None
+        or sgx is None
         or (is_tdx and tdx is None)
         or type(pcesvn) is not int
         or not 0 <= pcesvn <= 0xFFFF
-        or type(date) is not str
-        or type(status) is not str
-        or type(ids) is not list
     ):
         return None
-    for a in ids:
-        if type(a) is not str:
-            return None
-    return TcbLevel(sgx, pcesvn, tdx, date, status, tuple(ids))
+    return TcbLevel(sgx, pcesvn, tdx, *tail)
 
 
 def _bad(message: str) -> TdxModuleIdentity:

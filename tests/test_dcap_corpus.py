@@ -137,9 +137,13 @@ def test_default_root_is_intel_and_another_root_rejects_real_quotes() -> None:
         .sign(key, hashes.SHA256())
     )
     c = case("tdx-v4-phala-1")
+    assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
     with pytest.raises(ProviderError) as err:
         Verifier(trust_anchor=other).verify(c.quote, c.collateral, c.now)
     assert err.value.code == "PCK_CHAIN_INVALID"
+    # The Intel root is prepared once per process; another anchor must neither use nor change it.
+    assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
+    assert Verifier(trust_anchor=other).trust_anchor == other
 
 
 def test_collateral_for_another_platform_is_fmspc_mismatch() -> None:

@@ -209,28 +209,6 @@ def test_pck_chain_with_an_impostor_intermediate_is_refused_cold_and_warm() -> N
         assert err.value.code == "PCK_CHAIN_INVALID"
 
 
-def test_the_prepared_intel_anchor_does_not_leak_into_other_anchors() -> None:
-    c = case("tdx-v4-phala-1")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Other Root CA")])
-    other = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-        .not_valid_after(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
-        .sign(key, hashes.SHA256())
-    )
-    assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
-    with pytest.raises(ProviderError) as err:
-        Verifier(trust_anchor=other).verify(c.quote, c.collateral, c.now)
-    assert err.value.code == "PCK_CHAIN_INVALID"
-    assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
-    assert Verifier(trust_anchor=other).trust_anchor == other
-
-
 def test_crl_reader_agrees_with_cryptography() -> None:
     from sealing_key_provider.dcap.pck import encode_oid
 

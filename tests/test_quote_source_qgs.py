@@ -284,12 +284,49 @@ def test_a_silent_qgs_times_out() -> None:
         QgsQuoteSource(FakeDevice(), connect=qgs.connect, timeout=0.3).quote(rd("td"))
 
 
-def test_refused_connection_is_unavailable() -> None:
-    def refuse(timeout: float) -> socket.socket:
-        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+        ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+        OSError(errno.ENODEV, "No such device"),
+    ],
+)
+def test_unreachable_qgs_is_unavailable(error: OSError) -> None:
+    def connect(timeout: float) -> socket.socket:
+        raise error
 
-    with pytest.raises(QuoteSourceUnavailable, match="is QGS running on the host"):
-        QgsQuoteSource(FakeDevice(), connect=refuse, port=4051).quote(rd("td"))
+    with pytest.raises(QuoteSourceUnavailable, match="is QGS running on the host") as info:
+        QgsQuoteSource(FakeDevice(), connect=connect, port=4051).quote(rd("td"))
+    assert "vsock port 4051" in info.value.message and str(error.strerror) in info.value.message
+
+
+def test_connect_timeout_is_a_platform_error() -> None:
+    def connect(timeout: float) -> socket.socket:
+        raise TimeoutError
+
+    with pytest.raises(PlatformError, match=r"did not accept a connection within 0\.5 s") as info:
+        QgsQuoteSource(FakeDevice(), connect=connect, timeout=0.5).quote(rd("td"))
+    assert not isinstance(info.value, QuoteSourceUnavailable)
+
+
+def test_a_reset_during_the_exchange_is_a_platform_error() -> None:
+    class Resetting(socket.socket):
+        def recv(self, bufsize: int, flags: int = 0) -> bytes:
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+    peers: list[socket.socket] = []
+
+    def connect(timeout: float) -> socket.socket:
+        a, b = socket.socketpair()
+        peers.append(b)  # open, so the request is written; the read is what fails
+        return Resetting(a.family, a.type, a.proto, fileno=a.detach())
+
+    with pytest.raises(PlatformError, match="failed: Connection reset by peer") as info:
+        QgsQuoteSource(FakeDevice(), connect=connect).quote(rd("td"))
+    assert not isinstance(info.value, QuoteSourceUnavailable)
+    for peer in peers:
+        peer.close()
 
 
 def test_bad_report_data_and_timeout() -> None:

@@ -290,19 +290,26 @@ class QgsQuoteSource:
         where = f"the host's quote generation service (vsock port {self.port})"
         deadline = time.monotonic() + self.timeout
         try:
-            with self._connect(self.timeout) as sock:
+            sock = self._connect(self.timeout)
+        except TimeoutError:
+            raise PlatformError(f"{where} did not accept a connection within {self.timeout:g} s") from None
+        except QuoteSourceUnavailable:
+            raise
+        except OSError as exc:
+            # Refused or reset (virtio-vsock answers a connection to a port nobody listens on with a
+            # reset), or no vsock device at all: retrying will not help until the host changes.
+            raise QuoteSourceUnavailable(
+                f"cannot reach {where}: {exc.strerror or type(exc).__name__} "
+                "(is QGS running on the host, and vsock enabled for this TD?)"
+            ) from None
+        try:
+            with sock:
                 sock.settimeout(_remaining(deadline))
                 sock.sendall(request)
                 (length,) = _FRAME.unpack(_recv_exactly(sock, _FRAME.size, deadline))
                 return parse_get_quote_response(_recv_exactly(sock, check_frame_length(length), deadline))
         except TimeoutError:
             raise PlatformError(f"{where} did not answer within {self.timeout:g} s") from None
-        except ConnectionRefusedError:
-            raise QuoteSourceUnavailable(
-                f"{where} refused the connection: is QGS running on the host?"
-            ) from None
-        except (QgsProtocolError, QgsError, QuoteSourceUnavailable):
-            raise
         except OSError as exc:
             raise PlatformError(f"{where} failed: {exc.strerror or type(exc).__name__}") from None
 

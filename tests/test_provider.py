@@ -11,7 +11,7 @@ import pytest
 
 from sealing_key_provider.binding import RequestContext, report_data_v1
 from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
-from sealing_key_provider.errors import ProviderError
+from sealing_key_provider.errors import PlatformError, ProviderError
 from sealing_key_provider.keys import build_registry, legacy_kdf
 from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
@@ -318,3 +318,60 @@ def provider_state_dir(provider: Provider) -> Path:
     platform = provider._platform
     assert isinstance(platform, SimSgxPlatform)
     return platform.platform.state_dir
+
+
+class _LyingHost:
+    """The untrusted side of Gramine's quote path: it may answer the provider's quote request with a
+    quote of its own choosing (the enclave's sealing key stays the real platform's)."""
+
+    def __init__(self, real: SimSgxPlatform, answer: object) -> None:
+        self.real = real
+        self.answer = answer
+
+    def quote(self, report_data: bytes) -> bytes:
+        return self.answer(report_data)  # type: ignore[operator,no-any-return]
+
+    def sealing_key(self) -> bytes:
+        return self.real.sealing_key()
+
+
+def test_own_quote_must_carry_the_start_up_nonce(sim: SimPlatform) -> None:
+    """A quote made earlier (here over zeros) cannot be replayed as the provider's identity."""
+    real = SimSgxPlatform.load(sim.state_dir)
+    host = _LyingHost(real, lambda rd: real.quote(bytes(64)))
+    with pytest.raises(PlatformError, match="other report data"):
+        Provider(
+            host, SimSource(sim), Verifier(trust_anchor=sim.root_certificate), Policy(), build_registry()
+        )
+
+
+def test_own_quote_from_another_platform_is_refused(sim: SimPlatform, tmp_path: Path) -> None:
+    """A host that answers with a quote whose PCK chain is another machine's (same simulated Intel
+    CAs, so the chain itself is valid) would make the provider admit that machine's TDs: the QE
+    report signature, made by this machine's PCK key, does not verify under the other chain."""
+    real = SimSgxPlatform.load(sim.state_dir)
+    other = SimPlatform.init(tmp_path / "machine-b", share_ca_with=sim)
+    other_chain = parse_quote(other.tdx_quote(report_data=bytes(64))).pck_chain_pem
+
+    def swap_chain(rd: bytes) -> bytes:
+        quote = real.quote(rd)
+        chain = parse_quote(quote).pck_chain_pem
+        assert len(chain) == len(other_chain)  # same layout: a byte-for-byte swap keeps sizes valid
+        return quote.replace(chain, other_chain)
+
+    host = _LyingHost(real, swap_chain)
+    with pytest.raises(PlatformError, match="does not prove its platform") as err:
+        Provider(
+            host, SimSource(sim), Verifier(trust_anchor=sim.root_certificate), Policy(), build_registry()
+        )
+    assert "QE_REPORT_SIGNATURE_INVALID" in err.value.message
+    # Development mode does not verify, as documented: it then believes the host.
+    dev = Provider(
+        _LyingHost(real, swap_chain),
+        SimSource(sim),
+        Verifier(trust_anchor=sim.root_certificate),
+        Policy(),
+        build_registry(),
+        dev_mode=True,
+    )
+    assert dev.identity.pck.ppid == other.ppid

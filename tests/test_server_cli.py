@@ -18,7 +18,7 @@ import pytest
 
 from sealing_key_provider.cli import build_parser
 from sealing_key_provider.config import Config
-from sealing_key_provider.errors import RestartRequired
+from sealing_key_provider.errors import PlatformError, RestartRequired
 from sealing_key_provider.server import cli as serve_cli
 from sealing_key_provider.sim import SimPlatform
 from tests.test_server_support import (
@@ -150,9 +150,13 @@ RESTART_SCRIPT = textwrap.dedent(
     class Denied:
         def __init__(self, inner):
             self.inner = inner
+            self.started = False
         def quote(self, report_data):
-            if any(report_data):  # start-up and readiness quote over zeros; requests bind a hash
+            # The start-up quote (over a nonce) and readiness quotes (over zeros) pass; requests
+            # (bound to a hash of their answer) are refused.
+            if self.started and any(report_data):
                 raise RestartRequired("permission denied on /dev/attestation/quote (Permission denied)")
+            self.started = True
             return self.inner.quote(report_data)
         def sealing_key(self):
             return self.inner.sealing_key()
@@ -220,6 +224,7 @@ def test_sim_state_is_created_on_first_use(tmp_path: Path, restore_logging: None
         f"--state-dir={state}",
         f"--collateral={collateral}",
         f"--http-listen=127.0.0.1:{free_port()}",
+        f"--trust-anchor={state / 'root-ca.pem'}",
     )
     config, _ = serve_cli.load_config(args)
     sim = SimPlatform.init(tmp_path / "other")  # collateral for the file source (not verified here)
@@ -227,3 +232,22 @@ def test_sim_state_is_created_on_first_use(tmp_path: Path, restore_logging: None
     provider = build_provider(config)
     assert (state / "root-ca.pem").exists()
     assert json.loads(json.dumps(provider.info()))["ppid"] == SimPlatform.load(state).ppid.hex()
+
+
+def test_a_trust_anchor_of_another_platform_stops_start_up(sim: SimPlatform, tmp_path: Path) -> None:
+    """The provider proves its own platform at start-up: the wrong root (here: the Intel root for a
+    simulated platform, or another state directory's) fails there, not at the first TD request."""
+    from sealing_key_provider.server.assembly import build_provider
+
+    collateral = write_collateral(sim, tmp_path / "c.json")
+    other = SimPlatform.init(tmp_path / "other")
+    for anchor in (None, other.root_ca_pem_path):
+        flags = ["--platform=sim", f"--state-dir={sim.state_dir}", f"--collateral={collateral}"]
+        if anchor is not None:
+            flags.append(f"--trust-anchor={anchor}")
+        config, _ = serve_cli.load_config(parse(*flags))
+        with pytest.raises(PlatformError, match="own quote does not prove its platform") as err:
+            build_provider(config)
+        assert "PCK_CHAIN_INVALID" in err.value.message and "root-ca.pem of the same state directory" in (
+            err.value.message
+        )

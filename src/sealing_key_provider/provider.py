@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,23 +116,49 @@ class ProviderIdentity:
         }
 
 
-def identity_from_quote(own_quote: bytes) -> ProviderIdentity:
-    """Parse the provider's own SGX quote for its enclave identity and the platform's PCK identity."""
+def identity_from_quote(
+    own_quote: bytes, report_data: bytes | None = None, verifier: Verifier | None = None
+) -> ProviderIdentity:
+    """The provider's enclave identity and its platform's PCK identity, from its own SGX quote.
+
+    The quote comes back through the host (Gramine hands the report to the host's quoting enclave), so
+    a hostile host could answer with another platform's quote or certificate chain and make the
+    provider believe it runs elsewhere: the same-platform check would then admit that platform's TDs.
+    Hence, in production, ``report_data`` is a fresh nonce the quote must carry (no replay of a quote
+    made elsewhere) and ``verifier`` proves the platform (PCK chain to the trust anchor, QE report
+    signed by that PCK key, quote signed by the key the QE report binds): only then is its PCK identity
+    this platform's. Without a verifier (development mode) the PCK certificate is read unverified.
+    """
     q = parse_quote(own_quote)
     if q.header.tee_type != TeeType.SGX:
         raise PlatformError("the platform returned a TDX quote for the provider enclave; expected SGX")
     report = q.enclave_report
-    try:
-        leaf = x509.load_pem_x509_certificates(q.pck_chain_pem)[0]
-    except (ValueError, IndexError) as e:
-        raise PlatformError(f"the provider's own quote carries no readable PCK certificate: {e}") from e
+    if report_data is not None and report.report_data != report_data:
+        raise PlatformError(
+            "the platform returned a quote over other report data than the provider asked for"
+        )
+    if verifier is not None:
+        try:
+            pck = verifier.quote_platform(q)
+        except ProviderError as e:
+            raise PlatformError(
+                f"the provider's own quote does not prove its platform ({e.code}: {e.message}); is the "
+                "trust anchor the one this platform chains to (for the simulator: the root-ca.pem of the "
+                "same state directory)?"
+            ) from e
+    else:
+        try:
+            leaf = x509.load_pem_x509_certificates(q.pck_chain_pem)[0]
+        except (ValueError, IndexError) as e:
+            raise PlatformError(f"the provider's own quote carries no readable PCK certificate: {e}") from e
+        pck = pck_identity(leaf)
     return ProviderIdentity(
         mrenclave=report.mrenclave,
         mrsigner=report.mrsigner,
         isvprodid=report.isvprodid,
         isvsvn=report.isvsvn,
         debug=report.debug,
-        pck=pck_identity(leaf),
+        pck=pck,
         qe_id=q.header.qe_id,
     )
 
@@ -164,7 +191,8 @@ class Provider:
         self.dev_mode = dev_mode
         self.policy_digest = policy.digest()
         # The provider's PCK identity comes from its own quote, once: one quote generation per request.
-        self.identity = identity_from_quote(platform.quote(bytes(64)))
+        nonce = secrets.token_bytes(64)
+        self.identity = identity_from_quote(platform.quote(nonce), nonce, None if dev_mode else verifier)
         # Read once: a per-request read would add I/O on the hot path and the key cannot change while
         # the enclave runs (same MRENCLAVE, same CPUSVN until a reboot).
         self._sealing_key = platform.sealing_key()

@@ -92,6 +92,8 @@ def test_listening_lines_and_platform_note(server: ServeProcess) -> None:
     text = server.log_text()
     assert f"listening on tcp://127.0.0.1:{server.legacy[1]}" in text
     assert f"listening on http://127.0.0.1:{server.http[1]}" in text
+    # What a TD pins is logged at start-up (the simulator prints it nowhere else).
+    assert f"provider identity mrenclave={DEFAULT_SIM_MRENCLAVE.hex()} mrsigner=" in text
     # Every line is one JSON object (logging.format = "json").
     for line in text.splitlines():
         obj = json.loads(line)

@@ -137,6 +137,17 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str | None]:
 async def _serve(config: Config) -> int:
     collateral = build_collateral(config)
     provider = await asyncio.to_thread(build_provider, config, collateral=collateral)
+    me = provider.identity
+    # What TDs pin (get-key --expect-mrenclave / --expect-mrsigner), also served by GET /v1/info.
+    log.info(
+        "provider identity mrenclave=%s mrsigner=%s isvprodid=%d isvsvn=%d fmspc=%s platform=%s",
+        me.mrenclave.hex(),
+        me.mrsigner.hex(),
+        me.isvprodid,
+        me.isvsvn,
+        me.pck.fmspc.hex().upper(),
+        config.platform.kind,
+    )
     server = ProviderServer(provider, config, collateral=collateral)
     return await server.serve()
 

@@ -286,3 +286,17 @@ def test_scenario_names_and_misuse(platform: SimPlatform) -> None:
     for scenario in Scenario:
         e = scenario.expected
         assert (e.status is None) != (e.code is None)
+
+
+def test_another_simulators_root_is_named_as_such(
+    platform: SimPlatform, quotes: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Two simulated platforms have roots with the same name: the error must not read 'ends in X,
+    not the trusted root X'."""
+    other = SimPlatform.init(tmp_path / "other")
+    with pytest.raises(ProviderError) as err:
+        Verifier(trust_anchor=other.root_certificate).verify(
+            quotes["tdx-v4"], platform.collateral("tdx", now=NOW), NOW
+        )
+    assert err.value.code == "PCK_CHAIN_INVALID"
+    assert "named 'C=US" in err.value.message and "but it is another certificate" in err.value.message

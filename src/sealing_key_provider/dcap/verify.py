@@ -193,6 +193,17 @@ def _cert_window(cert: x509.Certificate, what: str, pck: bool) -> _Window:
     )
 
 
+def _other_root(found: Cert, trusted: Cert) -> str:
+    """Why a chain's root is not the trust anchor, for the error message (only on the failure path)."""
+    name = found.cert.subject.rfc4514_string()
+    if found.subject == trusted.subject:
+        return (
+            f"ends in a root named {name!r} like the trusted root, but it is another certificate "
+            "(another platform's or simulator's root, or the wrong trust anchor)"
+        )
+    return f"ends in {name!r}, not the trusted root {trusted.cert.subject.rfc4514_string()!r}"
+
+
 def _p256_key(cert: x509.Certificate, what: str, err: type[ProviderError]) -> ec.EllipticCurvePublicKey:
     try:
         key = cert.public_key()
@@ -553,10 +564,7 @@ class Verifier:
     def _build_pck_inner(self, pem: bytes, batch: _Batch, seen: _Seen) -> _PckChain:
         leaf, inter, root = _load_chain(pem, 3, "PCK certificate chain in the quote", PckChainInvalid, seen)
         if root.der != self._root.der:
-            raise PckChainInvalid(
-                f"PCK certificate chain ends in {root.cert.subject.rfc4514_string()!r}, not the trusted "
-                f"root {self._anchor.subject.rfc4514_string()!r}"
-            )
+            raise PckChainInvalid(f"PCK certificate chain {_other_root(root, self._root)}")
         if not is_ca(inter):
             raise PckChainInvalid("PCK intermediate CA certificate is not a CA certificate")
         leaf_cn = common_name(leaf.subject)
@@ -596,7 +604,7 @@ class Verifier:
             return cached
         signer, root = _load_chain(pem, 2, what, CollateralMalformed, seen)
         if root.der != self._root.der:
-            raise CollateralSignatureInvalid(f"{what} does not end in the trusted root")
+            raise CollateralSignatureInvalid(f"{what} {_other_root(root, self._root)}")
         # Role separation: the root also signs the PCK CAs, which must not be able to sign collateral.
         if "SGX TCB Signing" not in common_name(signer.subject):
             raise CollateralSignatureInvalid(f"{what}: the signer is not an SGX TCB Signing certificate")
@@ -701,7 +709,7 @@ class Verifier:
             c.pck_crl_issuer_chain, 2, "PCK CRL issuer chain", CollateralMalformed, seen
         )
         if crl_root.der != self._root.der:
-            raise CollateralSignatureInvalid("PCK CRL issuer chain does not end in the trusted root")
+            raise CollateralSignatureInvalid(f"PCK CRL issuer chain {_other_root(crl_root, self._root)}")
         if crl_ca.der != pck.intermediate.der:  # the same certificate is checked with the PCK chain
             batch.x509(
                 self._anchor_key,

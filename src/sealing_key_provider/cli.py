@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from . import __version__
+
 #: Modules that contribute subcommands, in help order.
 COMMAND_MODULES = (
     "sealing_key_provider.dcap.cli",
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sealing-key-provider",
         description="Stable sealing keys for Intel TDX VMs from an SGX enclave on the same host.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -17,6 +17,30 @@ from .errors import ProviderError
 
 PROG = "sealing-key-provider"
 
+#: Bound for an input file named on the command line (a quote is ~5 KiB, collateral ~20 KiB, a bundle
+#: of a few platforms well under this).
+MAX_INPUT_FILE = 4 * 1024 * 1024
+
+
+class InputFileError(Exception):
+    """A file named on the command line cannot be used. A usage error (exit 2); the message names it."""
+
+
+def read_input_file(path: str | Path, what: str, limit: int = MAX_INPUT_FILE) -> bytes:
+    """Read a CLI input file whole, at most ``limit`` bytes; ``what`` names it in errors ("quote").
+
+    Raises :class:`InputFileError` with a message such as
+    ``cannot read quote /nope.bin: No such file or directory``, for the caller's :func:`usage_error`.
+    """
+    try:
+        with Path(path).open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise InputFileError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    if len(data) > limit:
+        raise InputFileError(f"{what} {path} is larger than {limit} bytes")
+    return data
+
 
 def usage_error(message: str, prog: str = PROG) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -135,15 +135,19 @@ class FileSource:
     operator chose that file, and the verifier still refuses it if the FMSPC or TEE type does not match.
     A bundle answers only the keys it lists. The file is read once, when the source is built, so a
     broken file fails at start-up rather than on the first request.
+
+    ``data``, when given, is the file's content already read by the caller (a CLI that reads its
+    inputs itself, with its own size bound and error reporting); ``path`` then only names it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, data: bytes | None = None) -> None:
         self.path = Path(path)
-        try:
-            text = self.path.read_bytes()
-        except OSError as e:
-            raise CollateralUnavailable(f"cannot read collateral file {self.path}: {e.strerror}") from e
-        self._single, self._entries = load_bundle(text)
+        if data is None:
+            try:
+                data = self.path.read_bytes()
+            except OSError as e:
+                raise CollateralUnavailable(f"cannot read collateral file {self.path}: {e.strerror}") from e
+        self._single, self._entries = load_bundle(data)
 
     @property
     def entries(self) -> Mapping[CollateralKey, Collateral]:

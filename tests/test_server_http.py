@@ -246,6 +246,14 @@ def test_readiness_is_cached_and_reports_failures(sim: SimPlatform) -> None:
     with in_process(make_provider(sim, source=down)) as thread, http_client(thread) as c:
         r = c.get("/readyz")
         assert (r.status_code, error_code(r)) == (503, "COLLATERAL_UNAVAILABLE")
+        # A TD asking meanwhile learns that the provider's collateral source failed, not its own call.
+        r = c.post("/v1/keys", json={"quote": b64(Td(sim).quote())})
+        assert (r.status_code, error_code(r)) == (503, "COLLATERAL_UNAVAILABLE")
+        message = r.json()["error"]["message"]
+        assert message.startswith(
+            f"the provider could not get TDX collateral for FMSPC {sim.fmspc.hex().upper()}"
+        )
+        assert message.endswith("PCCS unreachable (test)")
 
 
 def test_stale_nonce_is_refused(sim: SimPlatform) -> None:

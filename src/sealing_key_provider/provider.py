@@ -28,6 +28,7 @@ from .dcap import PckIdentity, Quote, TdReport, TeeType, Verifier, parse_quote
 from .dcap.abi import MAX_QUOTE_SIZE
 from .dcap.pck import pck_identity
 from .errors import (
+    CollateralUnavailable,
     FreshnessError,
     PlatformError,
     PlatformMismatch,
@@ -322,7 +323,15 @@ class Provider:
                 f"the TD's PCK certificate names FMSPC {fmspc.hex().upper()} ({ca} CA); this platform is "
                 f"{mine.pck.fmspc.hex().upper()} ({mine.pck.ca_type} CA)"
             )
-        verified = self._verifier.verify(quote, self._collateral.get("tdx", fmspc, ca), now)
+        try:
+            collateral = self._collateral.get("tdx", fmspc, ca)
+        except CollateralUnavailable as e:
+            # Relayed to the TD: say whose source failed, or "GET /tdx/..." reads like the TD's own call.
+            raise CollateralUnavailable(
+                f"the provider could not get TDX collateral for FMSPC {fmspc.hex().upper()} from its "
+                f"collateral source (PCCS or file): {e.message}"
+            ) from e
+        verified = self._verifier.verify(quote, collateral, now)
         # Same platform before policy: TDs of other machines never reach policy code (nor learn the
         # policy from its error codes).
         if verified.pck.ppid != mine.pck.ppid or verified.pck.fmspc != mine.pck.fmspc:

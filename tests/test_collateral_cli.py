@@ -21,6 +21,7 @@ from sealing_key_provider.collateral.pccs_server import PccsServer, Regenerating
 from sealing_key_provider.dcap.abi import parse_quote
 from sealing_key_provider.dcap.collateral import Collateral
 from sealing_key_provider.dcap.verify import Verifier
+from sealing_key_provider.errors import ProviderError
 from sealing_key_provider.sim import SgxEnclaveIdentity, SimPlatform
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcap"
@@ -186,9 +187,66 @@ def test_quote_verify_with_pccs_url(
     assert main(argv) == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "COLLATERAL_UNAVAILABLE"
 
+    # --collateral and --pccs-url together are a usage error, refused before anything is fetched.
     argv = ["quote", "verify", str(_path(case, "quote")), "--pccs-url", corpus_server[case["name"]]]
-    assert main([*argv, "--collateral", str(_path(case, "collateral")), "--json"]) == 1
-    assert json.loads(capsys.readouterr().out)["error"]["code"] == "CONFIG_INVALID"
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--collateral", str(_path(case, "collateral")), "--json"])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "not allowed with argument" in err
+
+
+def test_quote_verify_picks_the_quotes_entry_of_a_fetched_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``collateral fetch`` of a TD and an SGX quote from ``sim pccs``; ``quote verify`` takes the bundle."""
+    state = tmp_path / "sim"
+    assert main(["sim", "init", "--state-dir", str(state)]) == 0
+    tdx, sgx = tmp_path / "td.bin", tmp_path / "sgx.bin"
+    quote = ["sim", "quote", "--state-dir", str(state)]
+    assert main([*quote, "--tee", "tdx", "--report-data", "01", "--out", str(tdx)]) == 0
+    assert (
+        main([*quote, "--tee", "sgx", "--mrenclave", "11" * 32, "--mrsigner", "22" * 32, "--out", str(sgx)])
+        == 0
+    )
+    bundle = tmp_path / "bundle.json"
+    proc, url = _start_pccs_process("--state-dir", str(state))
+    try:
+        argv = ["collateral", "fetch", str(tdx), str(sgx), "--pccs-url", url, "--out", str(bundle)]
+        assert main([*argv, "--timeout", "10"]) == 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    capsys.readouterr()
+    assert json.loads(bundle.read_text())["format"] == "sealing-key-provider/collateral-bundle/v1"
+    entries = FileSource(bundle).entries
+    assert sorted(k.tee for k in entries) == ["sgx", "tdx"]
+
+    anchor = str(state / "root-ca.pem")
+    # Each entry verifies only quotes of its own TEE type, so both passing means each got its own entry.
+    for path in (tdx, sgx):
+        argv = ["quote", "verify", str(path), "--collateral", str(bundle), "--trust-anchor", anchor, "--json"]
+        assert main(argv) == 0, capsys.readouterr()
+        result = json.loads(capsys.readouterr().out)
+        assert result["ok"] is True and result["status"] == "UpToDate"
+    for key, collateral in entries.items():  # ...and the wrong one would not do
+        wrong = sgx if key.tee == "tdx" else tdx
+        with pytest.raises(ProviderError):
+            Verifier(trust_anchor=(state / "root-ca.pem").read_bytes()).verify(
+                wrong.read_bytes(), collateral, int(time.time())
+            )
+
+    # A quote of a platform the bundle has no entry for: the check fails (exit 1), it is not a usage error.
+    other = tmp_path / "other"
+    assert main(["sim", "init", "--state-dir", str(other), "--fmspc", "00806F050000"]) == 0
+    stranger = tmp_path / "stranger.bin"
+    assert main(["sim", "quote", "--state-dir", str(other), "--tee", "tdx", "--out", str(stranger)]) == 0
+    capsys.readouterr()
+    argv = ["quote", "verify", str(stranger), "--collateral", str(bundle), "--trust-anchor", anchor, "--json"]
+    assert main(argv) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "COLLATERAL_UNAVAILABLE"
+    assert error["message"] == f"collateral file {bundle} has no entry for tdx/00806F050000/platform"
 
 
 # --- sim pccs ------------------------------------------------------------------------------------------

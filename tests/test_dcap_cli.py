@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from sealing_key_provider.cli import main
 
@@ -118,3 +123,87 @@ def test_verify_default_time_is_now_and_fails_closed(capsys: pytest.CaptureFixtu
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, _, _ = _run(capsys, *argv)
     assert code == 2
+
+
+def test_collateral_and_pccs_url_are_exactly_one_of_two(capsys: pytest.CaptureFixture[str]) -> None:
+    d = CORPUS / "tdx-v4-phala-1"
+    quote, collateral = str(d / "quote.bin"), str(d / "collateral.json")
+    argv = ["quote", "verify", quote, "--collateral", collateral, "--pccs-url", "http://127.0.0.1:1"]
+    code, out, err = _run(capsys, *argv, "--json")
+    assert (code, out) == (2, "")
+    assert "argument --pccs-url: not allowed with argument --collateral" in err
+    code, out, err = _run(capsys, "quote", "verify", quote, "--json")
+    assert (code, out) == (2, "")
+    assert "one of the arguments --collateral --pccs-url is required" in err
+    _, out, _ = _run(capsys, "quote", "verify", "--help")
+    assert "(--collateral FILE | --pccs-url URL)" in " ".join(out.split())
+
+
+def _self_signed(tmp_path: Path, curve: ec.EllipticCurve) -> Path:
+    key = ec.generate_private_key(curve)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the Intel root")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(datetime.datetime(2050, 1, 1, tzinfo=datetime.UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA384())
+    )
+    path = tmp_path / "anchor.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_unusable_input_files_are_usage_errors_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = CORPUS / "tdx-v4-phala-1"
+    quote, collateral = str(d / "quote.bin"), str(d / "collateral.json")
+    verify = ["quote", "verify"]
+    p384 = str(_self_signed(tmp_path, ec.SECP384R1()))
+    cases = [
+        (
+            [*verify, "/nope.bin", "--collateral", collateral],
+            "cannot read quote /nope.bin: No such file or directory",
+        ),
+        (
+            [*verify, quote, "--collateral", "/nope.json"],
+            "cannot read collateral /nope.json: No such file or directory",
+        ),
+        (
+            [*verify, quote, "--collateral", str(tmp_path)],
+            f"cannot read collateral {tmp_path}: Is a directory",
+        ),
+        (
+            [*verify, quote, "--collateral", collateral, "--trust-anchor", "/nope.pem"],
+            "cannot read trust anchor /nope.pem: No such file or directory",
+        ),
+        (
+            [*verify, quote, "--collateral", collateral, "--trust-anchor", collateral],
+            f"trust anchor {collateral} is not a PEM or DER certificate",
+        ),
+        (
+            [*verify, quote, "--collateral", collateral, "--trust-anchor", p384],
+            f"trust anchor {p384}: trust anchor key is not ECDSA P-256",
+        ),
+        (["quote", "inspect", "/nope.bin"], "cannot read quote /nope.bin: No such file or directory"),
+    ]
+    for argv, message in cases:
+        code, out, err = _run(capsys, *argv, "--json")
+        assert (code, out) == (2, ""), argv
+        assert err == f"sealing-key-provider: error: {message}\n"
+
+
+def test_a_p256_trust_anchor_file_is_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = case("tdx-v4-dcaprs-1")
+    d = CORPUS / c.name
+    anchor = str(_self_signed(tmp_path, ec.SECP256R1()))
+    argv = ["quote", "verify", str(d / "quote.bin"), "--collateral", str(d / "collateral.json")]
+    code, out, _ = _run(capsys, *argv, "--at", str(c.now), "--trust-anchor", anchor, "--json")
+    # Read and accepted as the root; Intel's chain does not end in it, so the quote does not verify.
+    assert code == 1
+    assert json.loads(out)["error"]["code"] == "PCK_CHAIN_INVALID"

@@ -1,4 +1,10 @@
-"""``sealing-key-provider quote inspect|verify``: look inside a quote, or verify it with collateral."""
+"""``sealing-key-provider quote inspect|verify``: look inside a quote, or verify it with collateral.
+
+This module is the command-line edge, not part of the pure ``dcap`` API (``sealing_key_provider.dcap``
+never imports it): it reads the files named on the command line and, like every CLI module, may use
+the ``collateral`` package (a PCCS client; the collateral file and bundle reader). Nothing in
+``collateral`` imports this module, so there is no cycle.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +12,19 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from ..cliutil import usage_error
+from cryptography import x509
+
+from ..cliutil import InputFileError, read_input_file, usage_error
+from ..collateral.cli import add_client_arguments, client_from_args, fetch_for_quote_bytes
+from ..collateral.source import FileSource, for_quote
 from ..errors import ProviderError
 from .abi import parse_quote
 from .collateral import Collateral
 from .describe import quote_dict
+from .pck import X509_ERRORS
 from .verify import Verifier
-
-#: Bounds for files given on the command line (a quote is ~5 KiB, collateral ~20 KiB).
-MAX_INPUT_FILE = 4 * 1024 * 1024
-
-
-def read_input(path: str) -> bytes:
-    """Read a CLI input file with a size bound; errors become usage errors (exit 2) in the caller."""
-    p = Path(path)
-    with p.open("rb") as f:
-        data = f.read(MAX_INPUT_FILE + 1)
-    if len(data) > MAX_INPUT_FILE:
-        raise ValueError(f"{path} is larger than {MAX_INPUT_FILE} bytes")
-    return data
 
 
 def _print_table(obj: dict[str, Any], indent: int = 0) -> None:
@@ -48,8 +45,8 @@ def _usage(message: str) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     try:
-        data = read_input(args.file)
-    except (OSError, ValueError) as e:
+        data = read_input_file(args.file, "quote")
+    except InputFileError as e:
         return _usage(str(e))
     try:
         quote = parse_quote(data)
@@ -67,36 +64,48 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_collateral(args: argparse.Namespace, quote: bytes) -> Collateral:
-    """The collateral named on the command line: a file, or fetched from a PCCS for this quote."""
-    pccs_url = getattr(args, "pccs_url", None)
-    if pccs_url:
-        # The collateral package is the I/O edge; imported here so dcap itself never depends on it.
-        from ..collateral.cli import client_from_args, fetch_for_quote_bytes
-        from ..errors import ConfigError
+def load_collateral(args: argparse.Namespace, quote: bytes, collateral_file: bytes | None) -> Collateral:
+    """The collateral for ``quote``: fetched from ``--pccs-url``, or taken from the ``--collateral``
+    file (content ``collateral_file``), which holds one collateral object or a bundle.
 
-        if args.collateral:
-            raise ConfigError("give either --collateral or --pccs-url, not both")
-        with client_from_args(pccs_url, args) as client:
+    A bundle entry is picked by :class:`~sealing_key_provider.collateral.FileSource` for the quote's
+    (TEE type, FMSPC, PCK CA), exactly as ``get-key --collateral`` and ``serve --collateral`` pick it.
+    """
+    if collateral_file is None:
+        with client_from_args(args.pccs_url, args) as client:
             return fetch_for_quote_bytes(quote, client)[1]
-    return Collateral.from_json(read_input(args.collateral))
+    source = FileSource(args.collateral, collateral_file)
+    return source.get(*for_quote(parse_quote(quote)))
+
+
+def _verifier(trust_anchor: str | None) -> Verifier:
+    """A verifier chained to Intel's root, or to the ``--trust-anchor`` file (exit 2 if unusable)."""
+    if trust_anchor is None:
+        return Verifier()
+    data = read_input_file(trust_anchor, "trust anchor")
+    pem = data.lstrip().startswith(b"-----BEGIN")
+    try:
+        cert = x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data)
+    except X509_ERRORS as e:
+        raise InputFileError(f"trust anchor {trust_anchor} is not a PEM or DER certificate") from e
+    try:
+        return Verifier(trust_anchor=cert)
+    except ProviderError as e:  # e.g. not a P-256 key: the message says what is wrong
+        raise InputFileError(f"trust anchor {trust_anchor}: {e.message}") from e
 
 
 def _verify(args: argparse.Namespace) -> int:
-    if not args.collateral and not getattr(args, "pccs_url", None):
-        return _usage("quote verify needs --collateral FILE or --pccs-url URL")
+    # Every input file is read (and the trust anchor parsed) first: a bad one is a usage error (exit 2).
     try:
-        data = read_input(args.file)
-        anchor = read_input(args.trust_anchor) if args.trust_anchor else None
-    except (OSError, ValueError) as e:
+        data = read_input_file(args.file, "quote")
+        collateral_file = read_input_file(args.collateral, "collateral") if args.collateral else None
+        verifier = _verifier(args.trust_anchor)
+    except InputFileError as e:
         return _usage(str(e))
     now = int(time.time()) if args.at is None else args.at
     try:
-        collateral = load_collateral(args, data)
-        verifier = Verifier(trust_anchor=anchor)
+        collateral = load_collateral(args, data, collateral_file)
         result = verifier.verify(data, collateral, now)
-    except OSError as e:
-        return _usage(str(e))
     except ProviderError as e:
         if args.json:
             print(json.dumps({"ok": False, "error": e.to_dict()}))
@@ -121,15 +130,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_inspect)
 
-    v = qsub.add_parser("verify", help="verify a quote with DCAP collateral")
+    v = qsub.add_parser(
+        "verify",
+        help="verify a quote with DCAP collateral",
+        description=(
+            "Verify a quote with collateral from a file (--collateral) or fetched from a PCCS (--pccs-url); "
+            "exactly one of the two. Exit status: 0 the quote verifies (whatever its TCB status, which is "
+            "printed), 1 it does not (the message starts with the error code), 2 usage error."
+        ),
+    )
     v.add_argument("file", help="raw quote file")
-    v.add_argument("--collateral", metavar="FILE", help="collateral JSON (QuoteCollateralV3 shape)")
+    source = v.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--collateral",
+        metavar="FILE",
+        help=(
+            "collateral JSON: one collateral object (QuoteCollateralV3 shape), or a bundle written by "
+            "'collateral fetch' for several quotes (the entry for this quote's TEE/FMSPC/CA is used)"
+        ),
+    )
+    # --pccs-url's connection options are owned by the collateral package.
+    source.add_argument("--pccs-url", metavar="URL", help="fetch the collateral from this PCCS or Intel PCS")
     v.add_argument("--at", type=int, metavar="UNIX_SECONDS", help="verification time (default: now)")
     v.add_argument("--trust-anchor", metavar="PEM", help="root CA to trust instead of Intel's (tests, sim)")
     v.add_argument("--json", action="store_true", help="print JSON")
-    # --pccs-url (and its connection options) are owned by the collateral package.
-    from ..collateral.cli import add_client_arguments
-
-    v.add_argument("--pccs-url", metavar="URL", help="fetch the collateral from this PCCS or Intel PCS")
     add_client_arguments(v)
     v.set_defaults(handler=_verify)

@@ -129,20 +129,22 @@ def test_collateral_fetch_failure_exits_1_and_writes_nothing(
     assert main(argv) == 1
     assert "COLLATERAL_UNAVAILABLE" in capsys.readouterr().err
     assert not out.exists()
-    assert (
-        main(
-            [
-                "collateral",
-                "fetch",
-                str(tmp_path / "missing.bin"),
-                "--pccs-url",
-                "http://x",
-                "--out",
-                str(out),
-            ]
-        )
-        == 1
+
+
+def test_collateral_fetch_of_an_unreadable_quote_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like ``quote verify``: exit 2, the file named, and every quote read before the PCCS is asked."""
+    out = tmp_path / "c.json"
+    quote = str(_path(_case("tdx-v4-phala-1"), "quote"))
+    missing = str(tmp_path / "missing.bin")
+    # The PCCS URL would fail (exit 1), so exit 2 shows the quotes were read first.
+    argv = ["collateral", "fetch", quote, missing, "--pccs-url", _closed_port_url(), "--out", str(out)]
+    assert main([*argv, "--timeout", "1"]) == 2
+    assert capsys.readouterr().err == (
+        f"sealing-key-provider: error: cannot read quote {missing}: No such file or directory\n"
     )
+    assert not out.exists()
 
 
 def test_quote_verify_with_pccs_url(

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cliutil import write_atomically
+from ..cliutil import InputFileError, read_input_file, usage_error, write_atomically
 from ..dcap.abi import parse_quote
 from ..dcap.collateral import Collateral
 from ..errors import ConfigError, ProviderError
@@ -55,15 +55,15 @@ def fetch_for_quote_bytes(data: bytes, client: PccsClient) -> tuple[CollateralKe
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    # Every quote is read before the PCCS is asked anything: an unreadable one is a usage error (exit 2).
+    try:
+        quotes = [(name, read_input_file(name, "quote")) for name in args.quote]
+    except InputFileError as e:
+        return usage_error(str(e))
     try:
         with client_from_args(args.pccs_url, args) as client:
             fetched: dict[CollateralKey, Collateral] = {}
-            for name in args.quote:
-                try:
-                    data = Path(name).read_bytes()
-                except OSError as e:
-                    print(f"error: cannot read {name}: {e.strerror}", file=sys.stderr)
-                    return 1
+            for name, data in quotes:
                 key, collateral = fetch_for_quote_bytes(data, client)
                 fetched[key] = collateral
                 print(f"{name}: fetched collateral for {key}", file=sys.stderr)
@@ -88,7 +88,10 @@ def register(subparsers: Any) -> None:
         help="fetch the collateral of one or more quotes from a PCCS or Intel PCS",
         description=(
             "Fetch TCB info, QE identity, PCK CRL and root CA CRL for each quote. One quote gives the plain "
-            "collateral JSON (as in the test corpus); several give a bundle that --collateral also accepts."
+            "collateral JSON (as in the test corpus); several give a bundle, with one entry per TEE type, "
+            "FMSPC and PCK CA. Either is accepted by the --collateral option of quote verify, get-key and "
+            "serve. Exit status: 0 written, 1 a fetch failed (nothing is written), 2 usage error (such as "
+            "an unreadable quote file)."
         ),
     )
     fetch.add_argument("quote", nargs="+", metavar="QUOTE", help="raw quote file(s)")

@@ -145,6 +145,30 @@ def test_usage_errors_exit_2(
     assert not (tmp_path / "x").exists()
 
 
+def test_sgx_quote_says_mrenclave_and_mrsigner_are_required(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["sim", "quote", "--help"])
+    assert e.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--mrenclave HEX 32 bytes (SGX; required with --tee sgx)" in help_text
+    assert "--mrsigner HEX 32 bytes (SGX; required with --tee sgx)" in help_text
+    out = tmp_path / "q.bin"
+    base = ["sim", "quote", "--tee", "sgx", "--state-dir", str(state), "--out", str(out)]
+    for given, missing in (
+        ([], "--mrenclave and --mrsigner"),
+        (["--mrenclave", "11" * 32], "--mrsigner"),
+        (["--mrsigner", "22" * 32], "--mrenclave"),
+    ):
+        assert main([*base, *given]) == 2
+        assert capsys.readouterr().err == (
+            "sealing-key-provider sim: error: --tee sgx requires --mrenclave and --mrsigner "
+            f"(missing {missing})\n"
+        )
+        assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -59,8 +59,9 @@ def _cmd_quote(args: argparse.Namespace) -> int:
             return _usage(f"{', '.join(used)} apply to --tee tdx only")
         if args.version not in (None, 3, 5):
             return _usage("SGX quotes are version 3 or 5")
-        if args.mrenclave is None or args.mrsigner is None:
-            return _usage("--tee sgx needs --mrenclave and --mrsigner")
+        missing = [name for name in ("--mrenclave", "--mrsigner") if getattr(args, name[2:]) is None]
+        if missing:
+            return _usage(f"--tee sgx requires --mrenclave and --mrsigner (missing {' and '.join(missing)})")
     else:
         sgx_only = {"--mrenclave": args.mrenclave, "--mrsigner": args.mrsigner}
         used = [name for name, value in sgx_only.items() if value is not None]
@@ -147,7 +148,14 @@ def register(subparsers: Any) -> None:
     init.add_argument("--tdx-module", type=int, choices=(1, 3), help="TDX module major version (default 1)")
     init.set_defaults(handler=_cmd_init)
 
-    quote = sim_sub.add_parser("quote", help="generate a signed SGX or TDX quote")
+    quote = sim_sub.add_parser(
+        "quote",
+        help="generate a signed SGX or TDX quote",
+        description=(
+            "Generate a quote signed by the simulated platform. --tee tdx: every TD measurement defaults to "
+            "zeros. --tee sgx: --mrenclave and --mrsigner are required."
+        ),
+    )
     quote.add_argument("--tee", required=True, choices=("tdx", "sgx"))
     quote.add_argument("--version", type=int, choices=(3, 4, 5), help="3 (SGX default), 4 (TDX default) or 5")
     quote.add_argument("--body", choices=("td10", "td15"), help="v5 TDX body: TDX 1.0 or 1.5 (default td15)")
@@ -156,8 +164,12 @@ def register(subparsers: Any) -> None:
     )
     for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowner", "mrownerconfig"):
         quote.add_argument(f"--{name}", type=_hex(48), metavar="HEX", help="48 bytes (TDX)")
-    quote.add_argument("--mrenclave", type=_hex(32), metavar="HEX", help="32 bytes (SGX)")
-    quote.add_argument("--mrsigner", type=_hex(32), metavar="HEX", help="32 bytes (SGX)")
+    quote.add_argument(
+        "--mrenclave", type=_hex(32), metavar="HEX", help="32 bytes (SGX; required with --tee sgx)"
+    )
+    quote.add_argument(
+        "--mrsigner", type=_hex(32), metavar="HEX", help="32 bytes (SGX; required with --tee sgx)"
+    )
     quote.add_argument("--isvprodid", type=_u16, help="SGX ISVPRODID (default 0)")
     quote.add_argument("--isvsvn", type=_u16, help="SGX ISVSVN (default 0)")
     quote.add_argument("--debug", action="store_true", help="debug TD (TUD.DEBUG) or debug enclave")

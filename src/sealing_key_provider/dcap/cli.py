@@ -98,7 +98,9 @@ def _verify(args: argparse.Namespace) -> int:
     # Every input file is read (and the trust anchor parsed) first: a bad one is a usage error (exit 2).
     try:
         data = read_input_file(args.file, "quote")
-        collateral_file = read_input_file(args.collateral, "collateral") if args.collateral else None
+        collateral_file = (
+            read_input_file(args.collateral, "collateral") if args.collateral is not None else None
+        )
         verifier = _verifier(args.trust_anchor)
     except InputFileError as e:
         return _usage(str(e))

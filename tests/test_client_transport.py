@@ -81,6 +81,17 @@ def test_legacy_announced_length_is_bounded_before_reading(length: int) -> None:
     assert e.value.code == "RESPONSE_MALFORMED" and str(length) in e.value.message
 
 
+def test_legacy_client_on_an_http_port_is_told_so() -> None:
+    """b"HTTP" read as a length would be 1213486160 bytes; say what the peer really is instead."""
+    answer = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    with fake_peer(lambda conn: conn.sendall(answer)) as address, pytest.raises(ResponseMalformed) as e:
+        legacy_request(address)
+    assert e.value.message == (
+        f"the provider at {address} answered with HTTP, not the legacy protocol: "
+        f"this is its HTTP API port; to use it give --provider http://{address}"
+    )
+
+
 def test_legacy_truncated_answer() -> None:
     def half(conn: socket.socket) -> None:
         conn.sendall(LENGTH_PREFIX.pack(100) + b"{" * 10)
@@ -250,6 +261,29 @@ def test_http_silent_server_times_out() -> None:
         t.close()
     finally:
         listener.close()
+
+
+def test_http_client_on_a_legacy_port_is_told_so() -> None:
+    """A legacy provider reads "POST" as a frame length and hangs up without answering."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(TransportError) as e:
+            key_request(HttpTransport(url, timeout=5))
+    finally:
+        listener.close()
+        thread.join(5)
+    assert e.value.message.startswith(f"no HTTP answer from the provider at {url} (")
+    assert e.value.message.endswith("is this the legacy port? then give HOST:PORT without http://")
 
 
 def test_http_url_must_be_http() -> None:

@@ -40,6 +40,9 @@ MAX_HTTP_RESPONSE: Final = 256 * 1024
 #: A freshness token is 57 bytes; anything much larger is not one.
 MAX_NONCE_BYTES: Final = 256
 
+#: The first bytes of every HTTP/1.x answer: what a legacy client reads when it reached an HTTP port.
+_HTTP_ANSWER: Final = b"HTTP"
+
 PROTOCOL_V1: Final = "v1"
 PROTOCOL_LEGACY: Final = "legacy"
 
@@ -134,6 +137,12 @@ class HttpTransport:
                 status = response.status_code
         except httpx.TimeoutException as e:
             raise TransportError(f"provider at {self.url} timed out ({type(e).__name__})") from None
+        except httpx.RemoteProtocolError as e:
+            # The legacy port reads "POST" as a frame length and hangs up without a byte.
+            raise TransportError(
+                f"no HTTP answer from the provider at {self.url} ({e}): is this the legacy port? "
+                "then give HOST:PORT without http://"
+            ) from None
         except httpx.HTTPError as e:
             raise TransportError(
                 f"cannot reach the provider at {self.url}: {type(e).__name__}: {e}"
@@ -231,6 +240,11 @@ class LegacyTransport:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 sock.sendall(encode_legacy_request(td_quote))
                 header = self._read(sock, LENGTH_PREFIX.size, deadline, first=True)
+                if header == _HTTP_ANSWER:
+                    raise ResponseMalformed(
+                        f"the provider at {self.address} answered with HTTP, not the legacy protocol: "
+                        f"this is its HTTP API port; to use it give --provider http://{self.address}"
+                    )
                 (length,) = LENGTH_PREFIX.unpack(header)
                 if length == 0 or length > self._max:
                     raise ResponseMalformed(

@@ -30,6 +30,7 @@ from sealing_key_provider.client.quote_source import (
     DEFAULT_SIM_RTMRS,
     DEFAULT_TSM_ROOT,
     MAX_OUTBLOB_SIZE,
+    NOT_A_TD_HINT,
     ConfigfsTsmQuoteSource,
     QuoteSource,
     QuoteSourceBusy,
@@ -625,6 +626,8 @@ def test_detect_never_falls_back_to_simulation(tmp_path: Path) -> None:
     with pytest.raises(QuoteSourceUnavailable, match="pass a simulated source explicitly") as info:
         detect_quote_source(tmp_path / "absent")
     assert "SimTdQuoteSource" in info.value.message
+    # The CLI swaps this advice for its --quote-source option, so the message must end with it.
+    assert info.value.message.endswith("; " + NOT_A_TD_HINT)
 
 
 def test_default_root_is_the_kernel_path() -> None:

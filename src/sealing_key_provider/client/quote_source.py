@@ -534,6 +534,14 @@ class SimTdQuoteSource:
         )
 
 
+#: How :func:`detect_quote_source`'s error ends: the advice for library users (a CLI replaces it with
+#: its own option).
+NOT_A_TD_HINT: Final = (
+    "outside a TDX guest pass a simulated source explicitly (SimTdQuoteSource, e.g. "
+    "SimTdQuoteSource.load(state_dir))"
+)
+
+
 def detect_quote_source(
     root: str | Path = DEFAULT_TSM_ROOT,
     tdx_guest: str | Path | None = "/dev/tdx_guest",
@@ -555,8 +563,7 @@ def detect_quote_source(
     fallback = f" nor {tdx_guest}" if tdx_guest is not None else ""
     raise QuoteSourceUnavailable(
         f"no TDX quote source: configfs-tsm is not available at {root}{fallback} (this needs a TDX guest; "
-        "configfs-tsm needs kernel >= 6.7 and configfs mounted); outside a TDX guest pass a simulated "
-        "source explicitly (SimTdQuoteSource, e.g. SimTdQuoteSource.load(state_dir))"
+        f"configfs-tsm needs kernel >= 6.7 and configfs mounted); {NOT_A_TD_HINT}"
     )
 
 
@@ -565,6 +572,7 @@ __all__ = [
     "DEFAULT_SIM_RTMRS",
     "DEFAULT_TSM_ROOT",
     "MAX_OUTBLOB_SIZE",
+    "NOT_A_TD_HINT",
     "REPORT_DATA_SIZE",
     "TDX_PROVIDER",
     "ConfigfsTsmQuoteSource",

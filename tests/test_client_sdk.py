@@ -596,3 +596,21 @@ def test_no_key_material_in_logs(
     text = caplog.text.lower()
     assert result.key.hex() not in text and repr(result.key).lower() not in text
     assert result.key.hex() not in repr(result)
+
+
+def test_log_names_the_legacy_key_without_a_name_or_version(
+    provider: Provider, sim: SimPlatform, trust: ProviderTrust, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sealing_key_provider.client")
+    client(provider, sim, trust, legacy=True).fetch()
+    (legacy_line,) = [r.getMessage() for r in caplog.records if "key received" in r.getMessage()]
+    assert legacy_line.startswith(
+        "key received: the legacy-sha256 key (no name or version) provider_mrenclave="
+    )
+    assert "'default'" not in legacy_line and "version=" not in legacy_line
+    caplog.clear()
+    client(provider, sim, trust).fetch("app/db", 7)
+    (v1_line,) = [r.getMessage() for r in caplog.records if "key received" in r.getMessage()]
+    assert v1_line.startswith(
+        "key received: name='app/db' version=7 scheme=hkdf-sha256-v1 provider_mrenclave="
+    )

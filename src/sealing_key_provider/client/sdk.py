@@ -236,11 +236,15 @@ class KeyClient:
             verify_same_platform(verified, td)
             key = _open(secret, answer.encrypted_key)
         report = verified.quote.enclave_report
+        # legacy-sha256 has one key per TD: no name or version to report (they are only the defaults).
+        which = (
+            f"the {LEGACY_SCHEME} key (no name or version)"
+            if used_scheme == LEGACY_SCHEME
+            else f"name={key_name!r} version={key_version} scheme={used_scheme}"
+        )
         log.info(
-            "key received: name=%r version=%s scheme=%s provider_mrenclave=%s provider_tcb=%s",
-            key_name,
-            key_version,
-            used_scheme,
+            "key received: %s provider_mrenclave=%s provider_tcb=%s",
+            which,
             report.mrenclave.hex(),
             verified.status.value,
         )

@@ -3,17 +3,32 @@ usage errors (exit 2) and failed checks (exit 1 with the code)."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from sealing_key_provider.cli import main
+from sealing_key_provider.client import cli as client_cli
 from sealing_key_provider.client.cli import write_key_file
+from sealing_key_provider.client.transport import Transport
+from sealing_key_provider.collateral.pccs_server import PccsServer, StaticCatalog
+from sealing_key_provider.dcap import Verifier
+from sealing_key_provider.keys import MAX_KEY_VERSION, build_registry
+from sealing_key_provider.platform.sim import SimSgxPlatform
+from sealing_key_provider.policy import Policy
+from sealing_key_provider.provider import Provider
 
-from .client_helpers import ServedProvider, free_port, start_provider
+from .client_helpers import InProcessTransport, ServedProvider, SimSource, free_port, start_provider
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +40,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProvider]
         server.stop()
 
 
-def base(served: ServedProvider, provider: str | None = None, *, pin: bool = True) -> list[str]:
+def base(
+    served: ServedProvider, provider: str | None = None, *, pin: bool = True, pccs: list[str] | None = None
+) -> list[str]:
+    """get-key against ``served``; collateral from its file unless ``pccs`` gives other options."""
     args = [
         "get-key",
         "--provider",
         provider or served.http_url,
-        "--collateral",
-        str(served.collateral),
+        *(pccs if pccs is not None else ["--collateral", str(served.collateral)]),
         "--trust-anchor",
         str(served.sim.root_ca_pem_path),
         "--quote-source",
@@ -73,7 +90,8 @@ def test_hex_and_file_give_the_same_key(
 def test_legacy_protocol_from_host_port(served: ServedProvider, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = run([*base(served, served.legacy_address), "--hex"], capsys)
     assert rc == 0, err
-    assert "legacy-sha256" in err
+    assert "(the legacy-sha256 key, which has no name or version;" in err
+    assert "'default'" not in err and "version 1" not in err  # the legacy protocol has no key names
     rc2, out2, _ = run([*base(served), "--hex", "--scheme", "legacy-sha256"], capsys)
     assert rc2 == 0 and out2 == out
 
@@ -94,7 +112,7 @@ def test_existing_file_is_not_overwritten_without_force(
     path.write_bytes(b"keep me")
     path.chmod(0o644)
     rc, _, err = run([*base(served), "--out", str(path)], capsys)
-    assert rc == 1 and "refusing to overwrite" in err
+    assert rc == 2 and f"--out {path} exists; refusing to overwrite it (use --force" in err
     assert path.read_bytes() == b"keep me"
     rc, _, err = run([*base(served), "--out", str(path), "--force"], capsys)
     assert rc == 0, err
@@ -146,17 +164,25 @@ def test_missing_pin_is_a_usage_error(served: ServedProvider, capsys: pytest.Cap
 @pytest.mark.parametrize(
     ("provider", "extra", "message"),
     [
-        ("legacy", ["--key-name", "app"], "--key-name need the HTTP API"),
-        ("legacy", ["--freshness"], "--freshness need the HTTP API"),
+        ("{legacy}", ["--key-name", "app"], "--key-name needs the HTTP API"),
+        ("{legacy}", ["--freshness"], "--freshness needs the HTTP API"),
+        ("{legacy}", ["--key-version", "2", "--freshness"], "--key-version, --freshness need the HTTP API"),
+        ("{http}/v1", [], "--provider takes the provider's base URL, e.g. http://127.0.0.1:"),
+        ("{http}/v1/keys", [], "(the client adds /v1/keys and /v1/nonce itself)"),
+        ("{http}/?x=1", [], "--provider takes the provider's base URL"),
+        ("http://:8080", [], "--provider: no host"),
+        ("http://127.0.0.1:99999", [], "--provider: bad port"),
+        ("{http}", ["--ca-bundle", "ca.pem"], "--ca-bundle applies to --pccs-url only"),
+        ("{http}", ["--insecure"], "--insecure applies to --pccs-url only"),
         ("ftp://127.0.0.1:1", [], "http(s):// URL or HOST:PORT"),
         ("no-port", [], "--provider"),
-        ("http", ["--force"], "--force applies to --out only"),
+        ("{http}", ["--force"], "--force applies to --out only"),
     ],
 )
 def test_combination_usage_errors_exit_2(
     served: ServedProvider, provider: str, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    address = {"legacy": served.legacy_address, "http": served.http_url}.get(provider, provider)
+    address = provider.format(http=served.http_url, legacy=served.legacy_address)
     rc, _, err = run([*base(served, address), "--hex", *extra], capsys)
     assert rc == 2 and message in err
 
@@ -219,3 +245,208 @@ def test_tdx_guest_source_without_the_device_is_exit_1(
         pytest.skip("this machine is a TDX guest")
     rc, _, err = run([*args, "--hex"], capsys)
     assert rc == 1 and "QUOTE_SOURCE_UNAVAILABLE" in err and "/dev/tdx_guest does not exist" in err
+
+
+# --- collateral from a PCCS with a private CA ----------------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed TLS certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "private PCCS")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "pccs.crt", tmp_path / "pccs.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_pccs(served: ServedProvider, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The ``sim pccs`` server over HTTPS with a self-signed certificate, serving the provider's
+    collateral; yields its URL and the certificate (the CA bundle that trusts it)."""
+    cert, key = _self_signed(tmp_path)
+    server = PccsServer(StaticCatalog.from_file(served.collateral), tls_cert=cert, tls_key=key)
+    server.start()
+    try:
+        yield server.url, cert
+    finally:
+        server.stop()
+
+
+def test_private_ca_pccs_needs_ca_bundle_or_insecure(
+    served: ServedProvider, tls_pccs: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, cert = tls_pccs
+    assert url.startswith("https://")
+    rc, out, err = run([*base(served, pccs=["--pccs-url", url]), "--hex"], capsys)
+    assert rc == 1 and out == ""
+    assert "COLLATERAL_UNAVAILABLE" in err and "TLS certificate of the PCCS not trusted" in err
+    rc, out, err = run([*base(served, pccs=["--pccs-url", url, "--ca-bundle", str(cert)]), "--hex"], capsys)
+    assert rc == 0, err
+    key = out.strip()
+    rc, out, err = run([*base(served, pccs=["--pccs-url", url, "--insecure"]), "--hex"], capsys)
+    assert rc == 0, err
+    assert out.strip() == key
+
+
+def test_ca_bundle_usage_errors(
+    served: ServedProvider, tls_pccs: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, cert = tls_pccs
+    both = ["--pccs-url", url, "--ca-bundle", str(cert), "--insecure"]
+    rc, _, err = run([*base(served, pccs=both), "--hex"], capsys)
+    assert rc == 2 and "not allowed with argument" in err
+    missing = tmp_path / "no-such-ca.pem"
+    rc, _, err = run([*base(served, pccs=["--pccs-url", url, "--ca-bundle", str(missing)]), "--hex"], capsys)
+    assert rc == 2 and f"cannot load the PCCS CA bundle {missing}" in err
+
+
+# --- no TDX guest: the CLI's advice --------------------------------------------------------------------------
+
+
+def test_auto_quote_source_outside_a_td_suggests_the_sim_option(
+    served: ServedProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if Path("/sys/kernel/config/tsm/report").is_dir() or Path("/dev/tdx_guest").exists():
+        pytest.skip("this machine is a TDX guest")
+    args = base(served)
+    del args[args.index("--quote-source") : args.index("--sim-state-dir") + 2]  # the default: auto
+    rc, out, err = run([*args, "--hex"], capsys)
+    assert rc == 1 and out == ""
+    assert "QUOTE_SOURCE_UNAVAILABLE: no TDX quote source" in err
+    assert err.rstrip().endswith(
+        "outside a TDX guest use --quote-source sim [--sim-state-dir DIR] (a simulated TD, for tests and demos)"
+    )
+    assert "SimTdQuoteSource" not in err
+
+
+# --- usage errors found before any network call ---------------------------------------------------------------
+
+
+def test_bad_trust_anchor_is_a_usage_error_naming_the_file(
+    served: ServedProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"  # exit 2, not TRANSPORT_ERROR: nothing was sent
+    not_a_cert = tmp_path / "not-a-cert.pem"
+    not_a_cert.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    cases = {
+        tmp_path / "nope.pem": "cannot read it (No such file or directory)",
+        tmp_path: "cannot read it (Is a directory)",
+        not_a_cert: "not a usable root CA certificate (PEM or DER)",
+    }
+    for path, message in cases.items():
+        args = base(served, nowhere)
+        args[args.index("--trust-anchor") + 1] = str(path)
+        rc, out, err = run([*args, "--hex"], capsys)
+        assert rc == 2 and out == "", err
+        assert f"--trust-anchor {path}: {message}" in err
+
+
+def test_unwritable_out_is_a_usage_error(
+    served: ServedProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"")
+    cases = [
+        (tmp_path / "missing" / "key.bin", [], f"directory {tmp_path / 'missing'} does not exist"),
+        (a_file / "key.bin", [], f"{a_file} is not a directory"),
+        (a_file, [], "exists; refusing to overwrite it (use --force to replace it)"),
+        (tmp_path, ["--force"], f"--out {tmp_path} is a directory"),
+    ]
+    for out, extra, message in cases:
+        rc, _, err = run([*base(served, nowhere), "--out", str(out), *extra], capsys)
+        assert rc == 2 and message in err, err
+    assert a_file.read_bytes() == b""
+
+
+@pytest.mark.parametrize("version", ["-1", str(MAX_KEY_VERSION + 1), "1.5", "0x10"])
+def test_key_version_out_of_the_servers_range_exits_2_at_parse_time(
+    served: ServedProvider, version: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _, err = run([*base(served), "--hex", "--key-version", version], capsys)
+    assert rc == 2 and "argument --key-version" in err
+    if version.startswith("-") or version.isdigit():
+        assert f"must be in 0..{MAX_KEY_VERSION}" in err
+
+
+def test_largest_key_version_is_served(served: ServedProvider, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run([*base(served), "--hex", "--key-version", str(MAX_KEY_VERSION)], capsys)
+    assert rc == 0, err
+    assert f"version {MAX_KEY_VERSION}" in err and len(bytes.fromhex(out.strip())) == 32
+
+
+# --- the wrong port ----------------------------------------------------------------------------------------
+
+
+def test_legacy_client_on_the_http_port_is_told_to_use_http(
+    served: ServedProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    http_address = served.http_url.removeprefix("http://")
+    rc, _, err = run([*base(served, http_address), "--hex"], capsys)
+    assert rc == 1
+    assert "RESPONSE_MALFORMED: the provider at" in err and "answered with HTTP" in err
+    assert f"--provider http://{http_address}" in err and "1213486160" not in err
+
+
+def test_http_client_on_the_legacy_port_is_told_to_drop_http(
+    served: ServedProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _, err = run([*base(served, "http://" + served.legacy_address), "--hex"], capsys)
+    assert rc == 1
+    assert "TRANSPORT_ERROR: no HTTP answer from the provider" in err
+    assert "is this the legacy port? then give HOST:PORT without http://" in err
+
+
+def test_base_url_with_a_trailing_slash_is_accepted(
+    served: ServedProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run([*base(served, served.http_url + "/"), "--hex"], capsys)
+    assert rc == 0, err
+    assert len(bytes.fromhex(out.strip())) == 32
+
+
+# --- the provider's own messages, with the CLI's hint ----------------------------------------------------------
+
+
+def test_freshness_refusal_suggests_the_option(
+    served: ServedProvider, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A provider whose policy requires freshness, in process (its answer is relayed as over HTTP)."""
+    strict = Provider(
+        SimSgxPlatform.load(served.sim.state_dir),
+        SimSource(served.sim, int(time.time())),
+        Verifier(trust_anchor=served.sim.root_certificate),
+        Policy(freshness_required=True),
+        build_registry(),
+    )
+
+    def in_process(args: object) -> Transport:
+        return InProcessTransport(strict)
+
+    monkeypatch.setattr(client_cli, "_transport", in_process)
+    rc, out, err = run([*base(served), "--hex"], capsys)
+    assert rc == 1 and out == ""
+    assert "FRESHNESS_INVALID: provider refused: this provider requires a freshness token" in err
+    assert "(get-key: add --freshness, which fetches that token)" in err
+    rc, out, err = run([*base(served), "--hex", "--freshness"], capsys)
+    assert rc == 0, err

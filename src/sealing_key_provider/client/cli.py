@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import secrets
 import sys
@@ -21,18 +20,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..cliutil import hex_arg, report_failure, u16_arg, usage_error
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
 from ..dcap import Verifier
-from ..errors import ProviderError
-from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME
+from ..errors import ConfigError, ProviderError
+from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME, MAX_KEY_VERSION
 from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
 from .quote_source import (
     DEFAULT_SIM_MRTD,
     DEFAULT_SIM_RTMRS,
+    NOT_A_TD_HINT,
     QuoteSource,
+    QuoteSourceUnavailable,
     SimTdQuoteSource,
     detect_quote_source,
 )
@@ -62,6 +64,27 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
+
+
+def _key_version(text: str) -> int:
+    """The range the provider accepts (``keys.validate_key_version``), checked at parse time."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_KEY_VERSION:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_KEY_VERSION}, got {value}")
+    return value
+
+
+#: What the CLI says instead of the SDK's "pass a SimTdQuoteSource" when no TDX quote source exists.
+CLI_NOT_A_TD_HINT = (
+    "outside a TDX guest use --quote-source sim [--sim-state-dir DIR] (a simulated TD, for tests and demos)"
+)
+
+
+class _UsageError(Exception):
+    """A usage problem found while preparing the request (before any network call): exit 2."""
 
 
 def _usage(message: str) -> int:
@@ -139,9 +162,15 @@ def _quote_source(args: argparse.Namespace) -> QuoteSource:
         )
     if args.quote_source == "tdx-guest":
         return qgs_source_from_system()
-    return detect_quote_source(
-        tdx_guest=None if args.quote_source == "configfs" else DEFAULT_TDX_GUEST_DEVICE
-    )
+    try:
+        return detect_quote_source(
+            tdx_guest=None if args.quote_source == "configfs" else DEFAULT_TDX_GUEST_DEVICE
+        )
+    except QuoteSourceUnavailable as e:
+        # The SDK's advice names Python classes; a CLI user needs the option instead.
+        if not e.message.endswith(NOT_A_TD_HINT):
+            raise
+        raise QuoteSourceUnavailable(e.message.removesuffix(NOT_A_TD_HINT) + CLI_NOT_A_TD_HINT) from None
 
 
 def _transport(args: argparse.Namespace) -> Transport:
@@ -157,7 +186,11 @@ def _check_usage(args: argparse.Namespace) -> str | None:
             "pin the provider with --expect-mrenclave and/or --expect-mrsigner "
             "(there is no trust on first use)"
         )
-    if not args.provider.startswith(("http://", "https://")):
+    if args.provider.startswith(("http://", "https://")):
+        problem = _check_provider_url(args.provider)
+        if problem is not None:
+            return problem
+    else:
         if "://" in args.provider:
             return f"--provider must be an http(s):// URL or HOST:PORT, got {args.provider!r}"
         try:
@@ -176,9 +209,10 @@ def _check_usage(args: argparse.Namespace) -> str | None:
         if args.expect_policy_digest:
             legacy_only.append("--expect-policy-digest")
         if legacy_only:
+            verb = "needs" if len(legacy_only) == 1 else "need"
             return (
-                f"{', '.join(legacy_only)} need the HTTP API (--provider http://...); the legacy protocol "
-                f"serves only the default key with {LEGACY_SCHEME}"
+                f"{', '.join(legacy_only)} {verb} the HTTP API (--provider http://...); the legacy protocol "
+                f"serves only its one key, {LEGACY_SCHEME}"
             )
     sim_options = [
         name
@@ -189,7 +223,60 @@ def _check_usage(args: argparse.Namespace) -> str | None:
         return f"--{sim_options[0].replace('_', '-')} needs --quote-source sim"
     if args.force and args.out is None:
         return "--force applies to --out only"
+    for flag, given in (("--ca-bundle", args.ca_bundle is not None), ("--insecure", args.insecure)):
+        if given and not args.pccs_url:
+            return f"{flag} applies to --pccs-url only (the TLS certificate of the PCCS)"
     return None
+
+
+def _check_provider_url(url: str) -> str | None:
+    """An http(s) --provider must be the base URL: the client appends /v1/keys and /v1/nonce itself."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return f"--provider: bad port in {url!r}"
+    if not parts.hostname:
+        return f"--provider: no host in {url!r}"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        base = f"{parts.scheme}://{parts.netloc}"
+        return (
+            f"--provider takes the provider's base URL, e.g. {base}, not {url!r} "
+            "(the client adds /v1/keys and /v1/nonce itself)"
+        )
+    return None
+
+
+def _check_out(out: str, *, force: bool) -> str | None:
+    """Why ``--out`` cannot be written, found before any network call; None if it can be tried."""
+    target = Path(out)
+    parent = target.parent
+    if not parent.exists():
+        return f"--out {out}: directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"--out {out}: {parent} is not a directory"
+    if os.path.lexists(target):
+        if not force:
+            return f"--out {out} exists; refusing to overwrite it (use --force to replace it)"
+        if target.is_dir() and not target.is_symlink():
+            return f"--out {out} is a directory"
+    return None
+
+
+def _verifier(trust_anchor: str | None) -> Verifier:
+    """The DCAP verifier, with ``--trust-anchor`` read and checked up front (a bad one is a usage error)."""
+    if trust_anchor is None:
+        return Verifier()
+    try:
+        anchor = Path(trust_anchor).read_bytes()
+    except OSError as e:
+        raise _UsageError(f"--trust-anchor {trust_anchor}: cannot read it ({e.strerror})") from None
+    try:
+        return Verifier(trust_anchor=anchor)
+    except ProviderError as e:
+        raise _UsageError(
+            f"--trust-anchor {trust_anchor}: not a usable root CA certificate (PEM or DER): {e.message}"
+        ) from None
 
 
 def _trust(args: argparse.Namespace) -> ProviderTrust:
@@ -211,19 +298,26 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
         trust = _trust(args)
     except ValueError as e:
         return _usage(str(e))
-    if args.out is not None and os.path.lexists(args.out) and not args.force:
-        return _fail(
-            FileExistsError(errno.EEXIST, "exists; refusing to overwrite it (use --force)", args.out)
-        )
+    if args.out is not None:
+        problem = _check_out(args.out, force=args.force)
+        if problem is not None:
+            return _usage(problem)
     try:
-        anchor = Path(args.trust_anchor).read_bytes() if args.trust_anchor else None
-        verifier = Verifier(trust_anchor=anchor)
+        verifier = _verifier(args.trust_anchor)
+    except _UsageError as e:
+        return _usage(str(e))
+    try:
         collateral = build_source(
             clock=time.time,
             pccs_url=None if args.collateral else (args.pccs_url or DEFAULT_PCCS_URL),
             file=args.collateral,
             timeout=args.timeout,
+            ca_bundle=args.ca_bundle,
+            insecure=args.insecure,
         )
+    except ConfigError as e:  # a bad --pccs-url or an unreadable --ca-bundle
+        return _usage(e.message)
+    try:
         quotes = _quote_source(args)
         with KeyClient(_transport(args), trust, verifier, collateral, quotes) as client:
             result: ProviderKey = client.fetch(
@@ -238,19 +332,32 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
         finally:
             wipe(result.key)  # written out: this process has no further use for it
     except ProviderError as e:
-        return _fail(e)
+        return _fail(_with_cli_hint(e, args))
     except OSError as e:
         return _fail(e)
     except ValueError as e:
         return _usage(str(e))
     where = f"to {args.out}" if args.out is not None else "to stdout"
+    if result.scheme == LEGACY_SCHEME:
+        which = f"the {LEGACY_SCHEME} key, which has no name or version"
+    else:
+        which = f"scheme {result.scheme}, key {result.key_name!r} version {result.key_version}"
     print(
-        f"{PROG}: wrote the 32-byte key {where} (scheme {result.scheme}, key {result.key_name!r} "
-        f"version {result.key_version}; provider MRENCLAVE {result.provider_mrenclave.hex()}, "
-        f"platform TCB {result.provider_tcb_status})",
+        f"{PROG}: wrote the 32-byte key {where} ({which}; provider MRENCLAVE "
+        f"{result.provider_mrenclave.hex()}, platform TCB {result.provider_tcb_status})",
         file=sys.stderr,
     )
     return 0
+
+
+def _with_cli_hint(error: ProviderError, args: argparse.Namespace) -> ProviderError:
+    """The error, with what to do about it in this CLI's terms where the message speaks the API's."""
+    if error.code == "FRESHNESS_INVALID" and not args.freshness:
+        # The provider's own message ("... GET /v1/nonce first") is relayed as it is.
+        return ProviderError(
+            f"{error.message} (get-key: add --freshness, which fetches that token)", code=error.code
+        )
+    return error
 
 
 def register(subparsers: Any) -> None:
@@ -293,9 +400,10 @@ def register(subparsers: Any) -> None:
     key.add_argument("--key-name", default=DEFAULT_KEY_NAME, help=f"key name (default {DEFAULT_KEY_NAME!r})")
     key.add_argument(
         "--key-version",
-        type=int,
+        type=_key_version,
+        metavar="N",
         default=DEFAULT_KEY_VERSION,
-        help=f"key version (default {DEFAULT_KEY_VERSION})",
+        help=f"key version, 0..{MAX_KEY_VERSION} (default {DEFAULT_KEY_VERSION})",
     )
     key.add_argument("--scheme", help="derivation scheme (default: the provider's default, v1)")
     key.add_argument("--freshness", action="store_true", help="bind a provider nonce into the TD quote (v1)")
@@ -305,6 +413,17 @@ def register(subparsers: Any) -> None:
         "--pccs-url", metavar="URL", help=f"PCCS or Intel PCS for collateral (default {DEFAULT_PCCS_URL})"
     )
     coll.add_argument("--collateral", metavar="FILE", help="collateral file or bundle (offline)")
+    tls = verify.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="CA certificates to verify the TLS certificate of --pccs-url (a private or self-signed PCCS)",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the TLS certificate of --pccs-url (collateral is still verified)",
+    )
     verify.add_argument(
         "--trust-anchor",
         metavar="PEM",

@@ -361,6 +361,19 @@ def test_bad_trust_anchor_is_a_usage_error_naming_the_file(
         assert f"--trust-anchor {path}: {message}" in err
 
 
+def test_unreadable_collateral_is_a_usage_error_and_malformed_collateral_a_failure(
+    served: ServedProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing is sent in either case
+    missing = tmp_path / "nope.json"
+    rc, out, err = run([*base(served, nowhere), "--collateral", str(missing), "--hex"], capsys)
+    assert rc == 2 and out == "" and f"cannot read collateral {missing}: No such file or directory" in err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    rc, out, err = run([*base(served, nowhere), "--collateral", str(broken), "--hex"], capsys)
+    assert rc == 1 and out == "" and "COLLATERAL_MALFORMED" in err and "TRANSPORT_ERROR" not in err
+
+
 def test_unwritable_out_is_a_usage_error(
     served: ServedProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

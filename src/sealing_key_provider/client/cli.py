@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..cliutil import hex_arg, report_failure, u16_arg, usage_error
+from ..cliutil import InputFileError, hex_arg, read_input_file, report_failure, u16_arg, usage_error
+from ..collateral import CollateralSource, FileSource
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
 from ..dcap import Verifier
@@ -306,17 +307,27 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
         verifier = _verifier(args.trust_anchor)
     except _UsageError as e:
         return _usage(str(e))
-    try:
-        collateral = build_source(
-            clock=time.time,
-            pccs_url=None if args.collateral else (args.pccs_url or DEFAULT_PCCS_URL),
-            file=args.collateral,
-            timeout=args.timeout,
-            ca_bundle=args.ca_bundle,
-            insecure=args.insecure,
-        )
-    except ConfigError as e:  # a bad --pccs-url or an unreadable --ca-bundle
-        return _usage(e.message)
+    collateral: CollateralSource
+    if args.collateral:
+        try:  # an unreadable file is a usage error; a malformed one fails as a check (exit 1, its code)
+            data = read_input_file(args.collateral, "collateral")
+        except InputFileError as e:
+            return _usage(str(e))
+        try:
+            collateral = FileSource(args.collateral, data)
+        except ProviderError as e:
+            return _fail(e)
+    else:
+        try:
+            collateral = build_source(
+                clock=time.time,
+                pccs_url=args.pccs_url or DEFAULT_PCCS_URL,
+                timeout=args.timeout,
+                ca_bundle=args.ca_bundle,
+                insecure=args.insecure,
+            )
+        except ConfigError as e:  # a bad --pccs-url or an unreadable --ca-bundle
+            return _usage(e.message)
     try:
         quotes = _quote_source(args)
         with KeyClient(_transport(args), trust, verifier, collateral, quotes) as client:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -263,15 +264,21 @@ def test_http_silent_server_times_out() -> None:
         listener.close()
 
 
-def test_http_client_on_a_legacy_port_is_told_so() -> None:
-    """A legacy provider reads "POST" as a frame length and hangs up without answering."""
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_http_client_on_a_legacy_port_is_told_so(reset: bool) -> None:
+    """A legacy provider reads "POST" as a frame length and hangs up without answering: with a FIN,
+    or with a reset when the rest of the request is still unread (what the real legacy server does)."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
         with contextlib.suppress(OSError):
             conn, _ = listener.accept()
             with conn:
-                conn.recv(4)
+                if reset:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.recv(4)
+                    return
+                conn.recv(65536)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -137,8 +137,9 @@ class HttpTransport:
                 status = response.status_code
         except httpx.TimeoutException as e:
             raise TransportError(f"provider at {self.url} timed out ({type(e).__name__})") from None
-        except httpx.RemoteProtocolError as e:
-            # The legacy port reads "POST" as a frame length and hangs up without a byte.
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            # Connected, but no HTTP answer: the legacy port reads "POST" as a frame length, refuses
+            # it and hangs up without a byte (a reset when our request was still unread).
             raise TransportError(
                 f"no HTTP answer from the provider at {self.url} ({e}): is this the legacy port? "
                 "then give HOST:PORT without http://"

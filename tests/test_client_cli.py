@@ -3,8 +3,6 @@ usage errors (exit 2) and failed checks (exit 1 with the code)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import stat
 import time
@@ -12,10 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sealing_key_provider.cli import main
 from sealing_key_provider.client import cli as client_cli
@@ -27,6 +21,7 @@ from sealing_key_provider.keys import MAX_KEY_VERSION, build_registry
 from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import Provider
+from tests.tls_helpers import self_signed_localhost
 
 from .client_helpers import InProcessTransport, ServedProvider, SimSource, free_port, start_provider
 
@@ -251,32 +246,7 @@ def test_tdx_guest_source_without_the_device_is_exit_1(
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed TLS certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "private PCCS")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "pccs.crt", tmp_path / "pccs.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
+    return self_signed_localhost(tmp_path, "private PCCS")
 
 
 @pytest.fixture

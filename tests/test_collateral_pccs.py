@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import socket
 import threading
@@ -17,9 +16,7 @@ from urllib.parse import quote, unquote
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from sealing_key_provider.collateral import CachingSource, FileSource, PccsClient, build_source, for_quote
 from sealing_key_provider.collateral.pccs_client import crl_to_der, decode_issuer_chain, normalise_base_url
@@ -33,6 +30,7 @@ from sealing_key_provider.errors import (
     ConfigError,
     ProviderError,
 )
+from tests.tls_helpers import self_signed_localhost
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcap"
 
@@ -524,32 +522,7 @@ def test_compressed_bodies_are_refused(scripted: Callable[..., _Scripted]) -> No
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-            False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "pccs.crt", tmp_path / "pccs.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
+    return self_signed_localhost(tmp_path, "127.0.0.1")
 
 
 def test_tls_verified_by_default_insecure_or_ca_bundle_for_self_signed(

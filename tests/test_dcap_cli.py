@@ -184,11 +184,11 @@ def test_unusable_input_files_are_usage_errors_naming_the_file(
         ),
         (
             [*verify, quote, "--collateral", collateral, "--trust-anchor", collateral],
-            f"trust anchor {collateral} is not a PEM or DER certificate",
+            f"trust anchor {collateral} is not a usable root CA certificate: trust anchor is not a PEM or DER certificate",
         ),
         (
             [*verify, quote, "--collateral", collateral, "--trust-anchor", p384],
-            f"trust anchor {p384}: trust anchor key is not ECDSA P-256",
+            f"trust anchor {p384} is not a usable root CA certificate: trust anchor key is not ECDSA P-256",
         ),
         (["quote", "inspect", "/nope.bin"], "cannot read quote /nope.bin: No such file or directory"),
     ]

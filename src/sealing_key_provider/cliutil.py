@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .dcap import Verifier
 from .errors import ProviderError
 
 PROG = "sealing-key-provider"
@@ -40,6 +41,18 @@ def read_input_file(path: str | Path, what: str, limit: int = MAX_INPUT_FILE) ->
     if len(data) > limit:
         raise InputFileError(f"{what} {path} is larger than {limit} bytes")
     return data
+
+
+def verifier_for_anchor(path: str | None) -> Verifier:
+    """The DCAP verifier: the pinned Intel root, or the ``--trust-anchor`` file (PEM or DER), read and
+    checked up front so an unusable one is an :class:`InputFileError` (exit 2) before anything is sent."""
+    if path is None:
+        return Verifier()
+    data = read_input_file(path, "trust anchor")
+    try:
+        return Verifier(trust_anchor=data)
+    except ProviderError as e:  # not a certificate, or not a P-256 key: the message says which
+        raise InputFileError(f"trust anchor {path} is not a usable root CA certificate: {e.message}") from e
 
 
 def usage_error(message: str, prog: str = PROG) -> int:

@@ -22,11 +22,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..cliutil import InputFileError, hex_arg, read_input_file, report_failure, u16_arg, usage_error
+from ..cliutil import (
+    InputFileError,
+    hex_arg,
+    read_input_file,
+    report_failure,
+    u16_arg,
+    usage_error,
+    verifier_for_anchor,
+)
 from ..collateral import CollateralSource, FileSource
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
-from ..dcap import Verifier
 from ..errors import ConfigError, ProviderError
 from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME, MAX_KEY_VERSION
 from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
@@ -82,10 +89,6 @@ def _key_version(text: str) -> int:
 CLI_NOT_A_TD_HINT = (
     "outside a TDX guest use --quote-source sim [--sim-state-dir DIR] (a simulated TD, for tests and demos)"
 )
-
-
-class _UsageError(Exception):
-    """A usage problem found while preparing the request (before any network call): exit 2."""
 
 
 def _usage(message: str) -> int:
@@ -264,22 +267,6 @@ def _check_out(out: str, *, force: bool) -> str | None:
     return None
 
 
-def _verifier(trust_anchor: str | None) -> Verifier:
-    """The DCAP verifier, with ``--trust-anchor`` read and checked up front (a bad one is a usage error)."""
-    if trust_anchor is None:
-        return Verifier()
-    try:
-        anchor = Path(trust_anchor).read_bytes()
-    except OSError as e:
-        raise _UsageError(f"--trust-anchor {trust_anchor}: cannot read it ({e.strerror})") from None
-    try:
-        return Verifier(trust_anchor=anchor)
-    except ProviderError as e:
-        raise _UsageError(
-            f"--trust-anchor {trust_anchor}: not a usable root CA certificate (PEM or DER): {e.message}"
-        ) from None
-
-
 def _trust(args: argparse.Namespace) -> ProviderTrust:
     return ProviderTrust.from_hex(
         mrenclave=args.expect_mrenclave,
@@ -304,8 +291,8 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
         if problem is not None:
             return _usage(problem)
     try:
-        verifier = _verifier(args.trust_anchor)
-    except _UsageError as e:
+        verifier = verifier_for_anchor(args.trust_anchor)
+    except InputFileError as e:
         return _usage(str(e))
     collateral: CollateralSource
     if args.collateral:

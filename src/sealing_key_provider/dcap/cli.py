@@ -14,17 +14,13 @@ import sys
 import time
 from typing import Any
 
-from cryptography import x509
-
-from ..cliutil import InputFileError, read_input_file, usage_error
+from ..cliutil import InputFileError, read_input_file, usage_error, verifier_for_anchor
 from ..collateral.cli import add_client_arguments, client_from_args, fetch_for_quote_bytes
 from ..collateral.source import FileSource, for_quote
 from ..errors import ProviderError
 from .abi import parse_quote
 from .collateral import Collateral
 from .describe import quote_dict
-from .pck import X509_ERRORS
-from .verify import Verifier
 
 
 def _print_table(obj: dict[str, Any], indent: int = 0) -> None:
@@ -78,22 +74,6 @@ def load_collateral(args: argparse.Namespace, quote: bytes, collateral_file: byt
     return source.get(*for_quote(parse_quote(quote)))
 
 
-def _verifier(trust_anchor: str | None) -> Verifier:
-    """A verifier chained to Intel's root, or to the ``--trust-anchor`` file (exit 2 if unusable)."""
-    if trust_anchor is None:
-        return Verifier()
-    data = read_input_file(trust_anchor, "trust anchor")
-    pem = data.lstrip().startswith(b"-----BEGIN")
-    try:
-        cert = x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data)
-    except X509_ERRORS as e:
-        raise InputFileError(f"trust anchor {trust_anchor} is not a PEM or DER certificate") from e
-    try:
-        return Verifier(trust_anchor=cert)
-    except ProviderError as e:  # e.g. not a P-256 key: the message says what is wrong
-        raise InputFileError(f"trust anchor {trust_anchor}: {e.message}") from e
-
-
 def _verify(args: argparse.Namespace) -> int:
     # Every input file is read (and the trust anchor parsed) first: a bad one is a usage error (exit 2).
     try:
@@ -101,7 +81,7 @@ def _verify(args: argparse.Namespace) -> int:
         collateral_file = (
             read_input_file(args.collateral, "collateral") if args.collateral is not None else None
         )
-        verifier = _verifier(args.trust_anchor)
+        verifier = verifier_for_anchor(args.trust_anchor)
     except InputFileError as e:
         return _usage(str(e))
     now = int(time.time()) if args.at is None else args.at

@@ -409,7 +409,9 @@ class Verifier:
                     else x509.load_der_x509_certificate(trust_anchor)
                 )
             except X509_ERRORS as e:
-                raise PckChainInvalid(f"trust anchor is not a certificate: {e}") from e
+                raise PckChainInvalid(
+                    "trust anchor is not a PEM or DER certificate"
+                ) from e  # cause: the parser's detail
         self._anchor = anchor
         root = _intel_anchor() if trust_anchor is None else _make_anchor(anchor)
         self._root = root.cert

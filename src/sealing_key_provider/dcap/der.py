@@ -36,6 +36,8 @@ TAG_SET = 0x31
 #: DER content of id-at-commonName (2.5.4.3) and id-ce-basicConstraints (2.5.29.19).
 OID_COMMON_NAME = b"\x55\x04\x03"
 OID_BASIC_CONSTRAINTS = b"\x55\x1d\x13"
+#: id-ce-keyUsage (2.5.29.15).
+OID_KEY_USAGE = b"\x55\x1d\x0f"
 #: id-ce-cRLNumber (2.5.29.20) and id-ce-authorityKeyIdentifier (2.5.29.35).
 OID_CRL_NUMBER = b"\x55\x1d\x14"
 OID_AUTHORITY_KEY_IDENTIFIER = b"\x55\x1d\x23"
@@ -104,6 +106,8 @@ class Cert(NamedTuple):
     subject: bytes
     #: extnID (DER content of the OID) to extnValue (the OCTET STRING's content); duplicates refused.
     extensions: dict[bytes, bytes]
+    #: The extnIDs of the extensions marked critical.
+    critical: frozenset[bytes]
 
 
 def load_cert(der: bytes) -> Cert:
@@ -134,6 +138,7 @@ def load_cert(der: bytes) -> Cert:
     subject = der[subject_at:pos]
     pos = tlv(der, pos, tbs_end)[2]  # subjectPublicKeyInfo
     extensions: dict[bytes, bytes] = {}
+    critical: list[bytes] = []
     while pos < tbs_end:
         tag, vstart, vend = tlv(der, pos, tbs_end)
         pos = vend
@@ -155,7 +160,9 @@ def load_cert(der: bytes) -> Cert:
             else:
                 otag, ostart, oend = tlv(der, xstart, xend)
             vpos = oend
+            flagged = False
             if vpos + 3 <= xend and der[vpos] == TAG_BOOLEAN and der[vpos + 1] == 1:  # critical
+                flagged = der[vpos + 2] != 0
                 vpos += 3
             vtag, vs, ve = tlv(der, vpos, xend)
             if otag != TAG_OID or vtag != TAG_OCTET_STRING or ve != xend:
@@ -164,7 +171,9 @@ def load_cert(der: bytes) -> Cert:
             if oid in extensions:
                 raise ValueError(f"duplicate extension {oid.hex()}")
             extensions[oid] = der[vs:ve]
-    return Cert(cert, der, der[tbs_at:tbs_end], issuer, subject, extensions)
+            if flagged:
+                critical.append(oid)
+    return Cert(cert, der, der[tbs_at:tbs_end], issuer, subject, extensions, frozenset(critical))
 
 
 def crl_tbs(der: bytes) -> tuple[bytes, set[bytes]]:
@@ -220,6 +229,54 @@ def common_name(name: bytes) -> str:
                     return value.decode("utf-16-be", "replace")
                 return value.decode("utf-8", "replace")
     return ""
+
+
+def oid_text(content: bytes) -> str:
+    """The dotted form of an OID's DER content, for messages ("?" for an empty or cut-off one)."""
+    parts: list[int] = []
+    value = 0
+    for byte in content:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            if not parts:
+                top = min(value // 40, 2)
+                parts += [top, value - 40 * top]
+            else:
+                parts.append(value)
+            value = 0
+    if not parts or content[-1] & 0x80:
+        return "?"
+    return ".".join(map(str, parts))
+
+
+#: KeyUsage bits (RFC 5280 4.2.1.3), numbered as in the BIT STRING: bit 0 is the first bit sent.
+KU_DIGITAL_SIGNATURE = 1 << 0
+KU_KEY_CERT_SIGN = 1 << 5
+KU_CRL_SIGN = 1 << 6
+
+
+def key_usage(cert: Cert) -> int | None:
+    """The KeyUsage bits as an int (bit n = named bit n), or None when the extension is absent.
+
+    ValueError when the value is not one DER BIT STRING with at least one bit set, as
+    ``cryptography``'s KeyUsage reader would refuse it (which it never ran: values stay unparsed).
+    """
+    value = cert.extensions.get(OID_KEY_USAGE)
+    if value is None:
+        return None
+    tag, start, end = tlv(value, 0, len(value))
+    if tag != 0x03 or end != len(value) or end - start < 2 or end - start > 3:
+        raise ValueError("KeyUsage is not a BIT STRING of one or two bytes")
+    unused = value[start]
+    last = value[end - 1]
+    if unused > 7 or last & ((1 << unused) - 1) or last == 0:
+        raise ValueError("KeyUsage BIT STRING is not in DER form")
+    bits = 0
+    for i, byte in enumerate(value[start + 1 : end]):
+        for j in range(8):
+            if byte & (0x80 >> j):
+                bits |= 1 << (8 * i + j)
+    return bits
 
 
 def is_ca(cert: Cert) -> bool:

@@ -67,15 +67,22 @@ from .collateral import (
     parse_tcb_info,
 )
 from .der import (
+    KU_CRL_SIGN,
+    KU_DIGITAL_SIGNATURE,
+    KU_KEY_CERT_SIGN,
     OID_AUTHORITY_KEY_IDENTIFIER,
+    OID_BASIC_CONSTRAINTS,
     OID_CRL_NUMBER,
+    OID_KEY_USAGE,
     Cert,
     common_name,
     crl_tbs,
     decode_body,
     encode_body,
     is_ca,
+    key_usage,
     load_cert,
+    oid_text,
     pem_bodies,
 )
 from .pck import X509_ERRORS, PckIdentity, pck_identity_of
@@ -247,6 +254,32 @@ def _load_chain(pem: bytes, count: int, what: str, err: type[ProviderError], see
     except X509_ERRORS as e:
         raise err(f"{what} is not a PEM certificate chain: {e}") from e
     return certs
+
+
+#: The critical extensions this verifier processes; a certificate with any other critical extension is
+#: refused (RFC 5280 4.2). Intel's certificates mark only these two critical.
+_KNOWN_CRITICAL = frozenset({OID_BASIC_CONSTRAINTS, OID_KEY_USAGE})
+_USAGE_NAMES = (
+    (KU_DIGITAL_SIGNATURE, "digitalSignature"),
+    (KU_KEY_CERT_SIGN, "keyCertSign"),
+    (KU_CRL_SIGN, "cRLSign"),
+)
+
+
+def _check_usage(cert: Cert, what: str, needs: int, err: type[ProviderError]) -> None:
+    """Refuse a certificate with a critical extension we do not process, or whose KeyUsage (when
+    present: absent means unrestricted) lacks a use this chain makes of its key."""
+    unknown = cert.critical - _KNOWN_CRITICAL
+    if unknown:
+        oids = ", ".join(sorted(oid_text(o) for o in unknown))
+        raise err(f"{what} has a critical extension this verifier does not process ({oids})")
+    try:
+        usage = key_usage(cert)
+    except ValueError as e:
+        raise err(f"{what} KeyUsage extension is malformed: {e}") from e
+    if usage is not None and usage & needs != needs:
+        missing = [name for bit, name in _USAGE_NAMES if needs & bit and not usage & bit]
+        raise err(f"{what} KeyUsage does not allow {', '.join(missing)}")
 
 
 def _time(ts: int) -> str:
@@ -569,9 +602,11 @@ class Verifier:
             raise PckChainInvalid(f"PCK certificate chain {_other_root(root, self._root)}")
         if not is_ca(inter):
             raise PckChainInvalid("PCK intermediate CA certificate is not a CA certificate")
+        _check_usage(inter, "PCK intermediate CA certificate", KU_KEY_CERT_SIGN, PckChainInvalid)
         leaf_cn = common_name(leaf.subject)
         if "SGX PCK Certificate" not in leaf_cn:
             raise PckChainInvalid(f"leaf certificate {leaf_cn!r} is not an SGX PCK certificate")
+        _check_usage(leaf, "PCK certificate", KU_DIGITAL_SIGNATURE, PckChainInvalid)
         inter_key = _p256_key(inter.cert, "PCK intermediate CA", PckChainInvalid)
         leaf_key = _p256_key(leaf.cert, "PCK certificate", PckChainInvalid)
         batch.x509(
@@ -610,6 +645,9 @@ class Verifier:
         # Role separation: the root also signs the PCK CAs, which must not be able to sign collateral.
         if "SGX TCB Signing" not in common_name(signer.subject):
             raise CollateralSignatureInvalid(f"{what}: the signer is not an SGX TCB Signing certificate")
+        _check_usage(
+            signer, f"{what}: the signing certificate", KU_DIGITAL_SIGNATURE, CollateralSignatureInvalid
+        )
         batch.x509(
             self._anchor_key,
             signer.cert.signature,
@@ -720,6 +758,7 @@ class Verifier:
                 crl_ca.cert.signature_algorithm_oid,
                 lambda: CollateralSignatureInvalid("PCK CRL issuer certificate is not signed by the root"),
             )
+        _check_usage(crl_ca, "PCK CRL issuer certificate", KU_CRL_SIGN, CollateralSignatureInvalid)
         pck_crl, pck_der = self._load_crl(c.pck_crl, "PCK CRL")
         crl_ca_key = _p256_key(crl_ca.cert, "PCK CRL issuer", CollateralSignatureInvalid)
         self._add_crl(batch, crl=pck_crl, der=pck_der, key=crl_ca_key, issuer=crl_ca, what="PCK CRL")

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,7 +35,8 @@ from sealing_key_provider.dcap.pck import (
     pck_identity,
     pck_identity_of,
 )
-from sealing_key_provider.errors import PckCertificateInvalid, ProviderError
+from sealing_key_provider.dcap.verify import _P256_SPKI_PREFIX, _p256_key
+from sealing_key_provider.errors import PckCertificateInvalid, PckChainInvalid, ProviderError
 from sealing_key_provider.sim import SimPlatform
 
 from .corpus import case, cases
@@ -77,6 +78,11 @@ def _agree(cert: x509.Certificate) -> None:
     except x509.ExtensionNotFound:
         ca = False
     assert is_ca(parts) is ca
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    assert parts.spki == spki
+    # Every DCAP certificate takes the point shortcut, and it gives the key public_key() gives.
+    assert spki.startswith(_P256_SPKI_PREFIX)
+    assert _p256_key(parts, "t", PckChainInvalid) == cert.public_key()
 
 
 @pytest.mark.parametrize("pem", _chains())
@@ -488,3 +494,24 @@ def test_intermediate_with_trailing_data_in_basic_constraints_is_not_a_ca() -> N
         Verifier(trust_anchor=root).verify(q, c.collateral, c.now)
     assert err.value.code == "PCK_CHAIN_INVALID"
     assert "not a CA certificate" in err.value.message
+
+
+def test_a_certificate_whose_point_is_off_the_curve_is_refused_through_either_key_path() -> None:
+    """cryptography reads the key lazily, so such a certificate loads; its key must not."""
+    c = case("tdx-v4-phala-1")
+    q = parse_quote(c.quote)
+    leaf, inter, root = x509.load_pem_x509_certificates(q.pck_chain_pem)
+    der = bytearray(leaf.public_bytes(Encoding.DER))
+    point = leaf.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    at = bytes(der).index(point)
+    der[at + 64] ^= 0x01  # the last byte of Y: no longer on the curve
+    parts = load_cert(bytes(der))
+    with pytest.raises(PckChainInvalid, match="PCK certificate key cannot be loaded"):
+        _p256_key(parts, "PCK certificate", PckChainInvalid)
+    with pytest.raises(PckChainInvalid, match="PCK certificate key cannot be loaded"):
+        _p256_key(parts._replace(spki=b""), "PCK certificate", PckChainInvalid)  # the public_key() path
+    broken = x509.load_der_x509_certificate(bytes(der))
+    fake = dataclasses.replace(q, pck_chain_pem=_pem(broken, inter, root))
+    with pytest.raises(ProviderError) as err:
+        Verifier().verify(fake, c.collateral, c.now)
+    assert err.value.code == "PCK_CHAIN_INVALID"

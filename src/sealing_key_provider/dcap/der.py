@@ -104,6 +104,8 @@ class Cert(NamedTuple):
     #: The issuer and subject Name elements (DER, with their headers).
     issuer: bytes
     subject: bytes
+    #: The subjectPublicKeyInfo element (DER, with its header).
+    spki: bytes
     #: extnID (DER content of the OID) to extnValue (the OCTET STRING's content); duplicates refused.
     extensions: dict[bytes, bytes]
     #: The extnIDs of the extensions marked critical.
@@ -136,7 +138,11 @@ def load_cert(der: bytes) -> Cert:
     if tag != TAG_SEQUENCE:
         raise ValueError("subject is not a Name")
     subject = der[subject_at:pos]
-    pos = tlv(der, pos, tbs_end)[2]  # subjectPublicKeyInfo
+    spki_at = pos
+    tag, _, pos = tlv(der, pos, tbs_end)
+    if tag != TAG_SEQUENCE:
+        raise ValueError("subjectPublicKeyInfo is not a SEQUENCE")
+    spki = der[spki_at:pos]
     extensions: dict[bytes, bytes] = {}
     critical: list[bytes] = []
     while pos < tbs_end:
@@ -173,7 +179,7 @@ def load_cert(der: bytes) -> Cert:
             extensions[oid] = der[vs:ve]
             if flagged:
                 critical.append(oid)
-    return Cert(cert, der, der[tbs_at:tbs_end], issuer, subject, extensions, frozenset(critical))
+    return Cert(cert, der, der[tbs_at:tbs_end], issuer, subject, spki, extensions, frozenset(critical))
 
 
 def crl_tbs(der: bytes) -> tuple[bytes, set[bytes]]:

@@ -5,7 +5,8 @@ needs them: ``tbs_certificate_bytes`` re-encodes the TBS (~10 us), a ``Name`` co
 and the PEM reader is slower than base64 plus a DER load. This module reads those pieces straight
 from the DER that ``cryptography`` has already accepted: the to-be-signed bytes (which are then
 signature-checked, so a wrong slice can only fail closed), the issuer and subject names as DER, the
-first common name of a name, and the raw extensions.
+first common name of a name, the subjectPublicKeyInfo, the raw extensions with their critical flags,
+and the two extension values the verifier judges itself (BasicConstraints and KeyUsage).
 
 The readers here raise ``ValueError``; :func:`load_cert` also lets ``cryptography``'s own load errors
 through (e.g. ``x509.InvalidVersion``). Every caller sits behind ``pck.X509_ERRORS``, which turns both
@@ -264,8 +265,9 @@ KU_CRL_SIGN = 1 << 6
 def key_usage(cert: Cert) -> int | None:
     """The KeyUsage bits as an int (bit n = named bit n), or None when the extension is absent.
 
-    ValueError when the value is not one DER BIT STRING with at least one bit set, as
-    ``cryptography``'s KeyUsage reader would refuse it (which it never ran: values stay unparsed).
+    ValueError when the value is not one DER BIT STRING of one or two bytes with at least one bit
+    set (RFC 5280 4.2.1.3). ``cryptography`` leaves extension values unparsed until they are read, so
+    this reader alone judges the value; it agrees with ``cryptography`` on every well-formed one.
     """
     value = cert.extensions.get(OID_KEY_USAGE)
     if value is None:

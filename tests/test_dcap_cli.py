@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sealing_key_provider.cli import main
 
 from .corpus import CORPUS, case
+from .x509_helpers import self_signed
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -140,18 +139,11 @@ def test_collateral_and_pccs_url_are_exactly_one_of_two(capsys: pytest.CaptureFi
 
 
 def _self_signed(tmp_path: Path, curve: ec.EllipticCurve) -> Path:
-    key = ec.generate_private_key(curve)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the Intel root")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
-        .not_valid_after(datetime.datetime(2050, 1, 1, tzinfo=datetime.UTC))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA384())
+    cert = self_signed(
+        "not the Intel root",
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        curve=curve,
+        algorithm=hashes.SHA384(),
     )
     path = tmp_path / "anchor.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -8,6 +8,7 @@ from sealing_key_provider.dcap import TdReport, Verifier, parse_quote
 from sealing_key_provider.errors import ProviderError
 
 from .corpus import Case, case, cases, negative_cases
+from .x509_helpers import self_signed
 
 # dcap-qvl rejects tdx-v5-automata-alibaba for its non-zero MRSERVICETD. That is a policy check of
 # dcap-qvl's, not part of Intel's algorithm: our DCAP layer reaches the TCB stage and reports what
@@ -114,28 +115,12 @@ def test_negative_case_fails_on_a_warm_verifier_too(c: Case) -> None:
 
 
 def test_default_root_is_intel_and_another_root_rejects_real_quotes() -> None:
-    from cryptography import x509
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     from sealing_key_provider.dcap.trust import INTEL_SGX_ROOT_CA_SHA256
 
     assert Verifier().trust_anchor.fingerprint(hashes.SHA256()).hex() == INTEL_SGX_ROOT_CA_SHA256
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Other Root CA")])
-    import datetime as dt
-
-    other = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-        .not_valid_after(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
-        .sign(key, hashes.SHA256())
-    )
+    other = self_signed("Other Root CA")
     c = case("tdx-v4-phala-1")
     assert Verifier().verify(c.quote, c.collateral, c.now).status == "UpToDate"
     with pytest.raises(ProviderError) as err:

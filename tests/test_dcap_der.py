@@ -40,6 +40,7 @@ from sealing_key_provider.errors import PckCertificateInvalid, PckChainInvalid, 
 from sealing_key_provider.sim import SimPlatform
 
 from .corpus import case, cases
+from .x509_helpers import self_signed
 
 
 def _chains() -> list[bytes]:
@@ -393,21 +394,7 @@ def test_tcb_fast_path_agrees_on_every_integer_form(svns: tuple[int, ...]) -> No
 
 def _with_basic_constraints(raw: bytes) -> x509.Certificate:
     """A self-signed certificate whose BasicConstraints extension value is exactly ``raw``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-        .not_valid_after(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
-        .add_extension(
-            x509.UnrecognizedExtension(x509.oid.ExtensionOID.BASIC_CONSTRAINTS, raw), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed("CA", (x509.UnrecognizedExtension(x509.oid.ExtensionOID.BASIC_CONSTRAINTS, raw), True))
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from sealing_key_provider.errors import ProviderError
 from sealing_key_provider.sim import SimPlatform
 from sealing_key_provider.sim.state import Authority, read_state
 from tests.corpus import cases
+from tests.x509_helpers import self_signed
 
 NOW = 1_780_000_000
 _KU_FIELDS = (
@@ -291,21 +291,7 @@ def test_key_usage_reader_agrees_with_cryptography_on_every_bit_pattern(flags: l
         names["encipher_only"] = names["decipher_only"] = False
     if not any(names.values()):
         return
-    ku = x509.KeyUsage(**names)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "t")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
-        .not_valid_after(dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
-        .add_extension(ku, critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    _agree(cert)
+    _agree(self_signed("t", (x509.KeyUsage(**names), True)))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Access to the real-quote corpus in ``../shared/testdata/dcap`` (read at run time, never copied)."""
+"""Access to the real-quote corpus in ``tests/data/dcap`` (provenance and licenses in its README)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from sealing_key_provider.dcap import Collateral
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcap"
+CORPUS = Path(__file__).resolve().parent / "data" / "dcap"
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Case:
 def index() -> dict[str, Any]:
     path = CORPUS / "INDEX.json"
     if not path.exists():
-        raise FileNotFoundError(f"the DCAP corpus is missing: expected {path} (shared/ next to the repo)")
+        raise FileNotFoundError(f"the DCAP corpus is missing: expected {path} (tests/data/dcap in the repository)")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 

@@ -16,13 +16,13 @@ from sealing_key_provider.collateral.source import bundle_json
 from sealing_key_provider.dcap.collateral import Collateral, parse_enclave_identity, parse_tcb_info
 from sealing_key_provider.errors import CollateralMalformed, CollateralUnavailable
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcap"
+CORPUS = Path(__file__).resolve().parent / "data" / "dcap"
 
 
 def _case(name: str) -> dict[str, Any]:
     index = CORPUS / "INDEX.json"
     if not index.is_file():
-        pytest.fail(f"DCAP corpus not found at {CORPUS} (expected shared/testdata/dcap next to the repo)")
+        pytest.fail(f"DCAP corpus not found at {CORPUS} (expected tests/data/dcap in the repository)")
     for case in json.loads(index.read_text())["cases"]:
         if case["name"] == name:
             result: dict[str, Any] = case

@@ -24,13 +24,13 @@ from sealing_key_provider.dcap.verify import Verifier
 from sealing_key_provider.errors import ProviderError
 from sealing_key_provider.sim import SgxEnclaveIdentity, SimPlatform
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcap"
+CORPUS = Path(__file__).resolve().parent / "data" / "dcap"
 
 
 def _case(name: str, group: str = "cases") -> dict[str, Any]:
     index = CORPUS / "INDEX.json"
     if not index.is_file():
-        pytest.fail(f"DCAP corpus not found at {CORPUS} (expected shared/testdata/dcap next to the repo)")
+        pytest.fail(f"DCAP corpus not found at {CORPUS} (expected tests/data/dcap in the repository)")
     for case in json.loads(index.read_text())[group]:
         if case["name"] == name:
             result: dict[str, Any] = case

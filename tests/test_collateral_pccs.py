@@ -40,13 +40,13 @@ from sealing_key_provider.errors import (
 )
 from tests.tls_helpers import self_signed_localhost
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcap"
+CORPUS = Path(__file__).resolve().parent / "data" / "dcap"
 
 
 def _index() -> dict[str, Any]:
     index = CORPUS / "INDEX.json"
     if not index.is_file():
-        pytest.fail(f"DCAP corpus not found at {CORPUS} (expected shared/testdata/dcap next to the repo)")
+        pytest.fail(f"DCAP corpus not found at {CORPUS} (expected tests/data/dcap in the repository)")
     result: dict[str, Any] = json.loads(index.read_text())
     return result
 

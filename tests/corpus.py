@@ -35,7 +35,9 @@ class Case:
 def index() -> dict[str, Any]:
     path = CORPUS / "INDEX.json"
     if not path.exists():
-        raise FileNotFoundError(f"the DCAP corpus is missing: expected {path} (tests/data/dcap in the repository)")
+        raise FileNotFoundError(
+            f"the DCAP corpus is missing: expected {path} (tests/data/dcap in the repository)"
+        )
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 

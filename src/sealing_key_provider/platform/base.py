@@ -1,17 +1,13 @@
-"""The provider's SGX side, at the edge: its own quote and its sealing key.
+"""What the provider needs from the enclave it runs in: its own quote and its sealing key.
 
-The request flow only needs two things from the enclave it runs in, so that is the whole interface
-(:class:`SgxPlatform`). Two backends implement it: :class:`~.gramine.GraminePlatform` over Gramine's
-``/dev/attestation`` pseudo-files (production), and :class:`~.sim.SimSgxPlatform` over the software
-platform of :mod:`sealing_key_provider.sim` (development, tests, demos).
+Two backends implement :class:`SgxPlatform`: :class:`~.gramine.GraminePlatform` over Gramine's
+``/dev/attestation`` pseudo-files (production), and ``sealing_key_provider.sim.SimSgxPlatform`` over
+the software platform (development, tests, demos), which this package never imports.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from ..config import PlatformConfig
+from typing import Final, Protocol, runtime_checkable
 
 REPORT_DATA_SIZE: Final = 64
 SEALING_KEY_SIZE: Final = 16
@@ -37,27 +33,4 @@ def check_report_data(report_data: bytes | bytearray) -> bytes:
     return bytes(report_data)
 
 
-def open_platform(config: PlatformConfig, *, dev_mode: bool = False) -> SgxPlatform:
-    """The backend ``[platform]`` names, opened (Gramine: ``attestation_type`` checked now).
-
-    Backends are imported here, not at module level, so that production code never loads the
-    simulator and the simulator never needs Gramine's files.
-    """
-    if config.kind == "gramine":
-        from .gramine import GraminePlatform
-
-        return GraminePlatform(config.attestation_dir, config.sealing_key_policy)
-    from .sim import SimSgxPlatform
-
-    if config.sim_state_dir is None:
-        raise ValueError("platform.sim_state_dir is required for the simulated platform")
-    return SimSgxPlatform.load(
-        config.sim_state_dir,
-        mrenclave=bytes.fromhex(config.sim_mrenclave) if config.sim_mrenclave else None,
-        mrsigner=bytes.fromhex(config.sim_mrsigner) if config.sim_mrsigner else None,
-        key_policy=config.sealing_key_policy,
-        dev_mode=dev_mode,
-    )
-
-
-__all__ = ["REPORT_DATA_SIZE", "SEALING_KEY_SIZE", "SgxPlatform", "check_report_data", "open_platform"]
+__all__ = ["REPORT_DATA_SIZE", "SEALING_KEY_SIZE", "SgxPlatform", "check_report_data"]

@@ -315,7 +315,9 @@ def test_sim_pccs_bad_configuration_exits_1(tmp_path: Path) -> None:
             timeout=20,
         )
         assert proc.returncode == 1, proc.stderr
-        assert re.fullmatch(r"(SIM_STATE_NOT_FOUND|COLLATERAL_UNAVAILABLE|CONFIG_INVALID): [^\n]+\n", proc.stderr)
+        assert re.fullmatch(
+            r"(SIM_STATE_NOT_FOUND|COLLATERAL_UNAVAILABLE|CONFIG_INVALID): [^\n]+\n", proc.stderr
+        )
 
 
 def test_simulated_platform_collateral_over_http_verifies(tmp_path: Path) -> None:

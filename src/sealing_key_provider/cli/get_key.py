@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..client.detect import NOT_A_TD_HINT, detect_quote_source
-from ..client.quote_source import QuoteSource, QuoteSourceUnavailable
+from ..client.quote_base import QuoteSource, QuoteSourceUnavailable
 from ..client.sdk import KeyClient, ProviderKey
 from ..client.secret import wipe
 from ..client.tdx_guest import DEFAULT_TDX_GUEST_DEVICE, qgs_source_from_system

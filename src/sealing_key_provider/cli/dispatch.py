@@ -102,10 +102,26 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     chosen = _command_of(argv) if argv is not None else None
     for name, (module, help_text) in COMMANDS.items():
         if argv is None or name == chosen:
-            importlib.import_module(module).register(sub)
+            _load(name, module).register(sub)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+class MissingExtra(Exception):
+    """The command needs a dependency that this installation does not have (the ``[server]`` extra)."""
+
+
+def _load(name: str, module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "sealing_key_provider":
+            raise
+        raise MissingExtra(
+            f"{name} needs {e.name}, which is not installed: the provider's dependencies come with "
+            "pip install 'gramine-sealing-key-provider[server]'"
+        ) from None
 
 
 def _unknown_command(word: str) -> str:
@@ -120,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if word is not None and word not in COMMANDS:
         sys.stderr.write(usage_message(_unknown_command(word)))
         return 2
-    parser = build_parser(args_list)
+    try:
+        parser = build_parser(args_list)
+    except MissingExtra as e:
+        sys.stderr.write(usage_message(str(e), f"{PROG} {word}"))
+        return 2
     try:
         args = parser.parse_args(args_list)
     except SystemExit as e:  # --help, --version (0) and usage errors (2) already printed their text

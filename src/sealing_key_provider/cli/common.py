@@ -26,6 +26,11 @@ PROG: Final = "sealing-key-provider"
 #: The code of a failure that is the operating system's (a file that cannot be written, a port in use).
 IO_ERROR: Final = "IO_ERROR"
 
+#: How the verifier says a certificate chain ends in another root than the trusted one (it names both).
+ROOT_MISMATCH: Final = "not the trusted root"
+#: What to do about it on the command line.
+TRUST_ANCHOR_HINT: Final = "--trust-anchor PEM trusts another root than Intel's (the simulator's is root-ca.pem in its state directory)"
+
 #: The running command's name as argparse knows it (``sealing-key-provider get-key``), set by the
 #: dispatcher once the arguments are parsed, so that every usage error points to the right ``--help``.
 _running_prog = [PROG]
@@ -91,7 +96,10 @@ def failure_line(error: ProviderError | OSError, what: str | None = None) -> str
     """``CODE: message`` for a failed check, or ``IO_ERROR: ...`` for an error of the operating system;
     ``what`` says what was being done (``cannot write key.bin``) when the OS error does not name it."""
     if isinstance(error, ProviderError):
-        return f"{error.code}: {' '.join(error.message.splitlines())}"
+        message = " ".join(error.message.splitlines())
+        if ROOT_MISMATCH in message:
+            message += f"; {TRUST_ANCHOR_HINT}"
+        return f"{error.code}: {message}"
     reason = error.strerror or str(error)
     subject = what or (f"{error.filename}" if error.filename else "I/O failed")
     return f"{IO_ERROR}: {subject}: {reason}"

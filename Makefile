@@ -27,8 +27,18 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(PY) -m bench.run --out bench-results.txt
+# The TD side as a TD installs it (`pip install .`, no extras): the command start-up figures are
+# measured there, as get-key runs in a TD.
+TD_VENV := build/td-venv
+TD_STAMP := $(TD_VENV)/.installed
+$(TD_STAMP): pyproject.toml constraints.txt $(shell find src -name '*.py' -o -name '*.pem')
+	test -x $(TD_VENV)/bin/python || $(PYTHON) -m venv $(TD_VENV)
+	$(TD_VENV)/bin/python -m pip install -q -c constraints.txt .
+	$(TD_VENV)/bin/python -m pip install -q --force-reinstall --no-deps .
+	touch $@
+
+bench: $(STAMP) $(TD_STAMP)
+	$(PY) -m bench.run --out bench-results.txt --td-venv $(TD_VENV)
 
 demo: $(STAMP)
 	$(PY) -m sealing_key_provider.demo
@@ -43,7 +53,9 @@ DEV_MODE ?= 0
 DEBUG ?= 0
 ARCH_LIBDIR ?= /lib/$(shell $(CC) -dumpmachine)
 GRAMINE_DIR := build/gramine
-SIM_STATE ?= build/sim-state
+# The simulator's state directory: by default the one `sim init`, `serve --platform sim` and
+# `get-key --quote-source sim` use, so the get-key line run-provider prints works as it is.
+SIM_STATE ?= $(shell $(PY) -c 'from sealing_key_provider.sim import default_state_dir; print(default_state_dir())')
 LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,info)
 GRAMINE_LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,error)
 

@@ -435,7 +435,12 @@ def register(subparsers: Any) -> None:
             "configfs or tdx-guest: only that one; sim: a simulated TD"
         ),
     )
-    source.add_argument("--sim-state-dir", metavar="DIR", help="simulated platform state directory")
+    source.add_argument(
+        "--sim-state-dir",
+        metavar="DIR",
+        help="simulated platform state directory (default: $XDG_DATA_HOME/sealing-key-provider/sim, the "
+        "one sim init, serve --platform sim and make run-provider use)",
+    )
     source.add_argument("--sim-mrtd", type=_hex(48), metavar="HEX", help="simulated TD's MRTD")
     for i in range(4):
         source.add_argument(f"--sim-rtmr{i}", type=_hex(48), metavar="HEX", help=f"simulated TD's RTMR{i}")

@@ -258,7 +258,9 @@ def announce(server: ProviderServer, config: Config, provider: Provider) -> None
     if http is not None:
         print(f"listening http http://{http}")
     command = get_key_command(config, provider, http, legacy)
-    if command is not None:
+    if command is not None and config.dev_mode:
+        print("development mode: get-key refuses this provider's answers (they skip TD quote checks)")
+    elif command is not None:
         print(f"get a key for a simulated TD of this platform:\n  {command}")
     sys.stdout.flush()
 

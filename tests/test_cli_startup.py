@@ -223,3 +223,22 @@ def test_plain_http_clients_load_no_ca_bundle_and_trust_nothing() -> None:
     assert tls_setting("http://127.0.0.1:8081", False) is False
     bundle = "/etc/ssl/certs/ca-certificates.crt"
     assert tls_setting("http://127.0.0.1:8081", bundle) == bundle
+
+
+def test_make_run_provider_uses_the_default_simulator_state(tmp_path: Path) -> None:
+    """`make run-provider` and `get-key --quote-source sim` without --sim-state-dir meet in one simulator."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "PY": sys.executable}
+    env.pop("SIM_STATE", None)
+    dry = subprocess.run(
+        ["make", "-s", "-n", "run-provider", f"PY={sys.executable}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    state = tmp_path / "sealing-key-provider" / "sim"
+    assert f"serve --platform sim --state-dir {state} " in dry.stdout
+    assert f"--trust-anchor {state}/root-ca.pem" in dry.stdout
+    assert not state.exists()

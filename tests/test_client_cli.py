@@ -83,7 +83,7 @@ def test_hex_and_file_give_the_same_key(
 
 
 def test_legacy_protocol_from_host_port(served: ServedProvider, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run([*base(served, served.legacy_address), "--hex"], capsys)
+    rc, out, err = run([*base(served, served.legacy_address), "--legacy", "--hex"], capsys)
     assert rc == 0, err
     assert "(the legacy-sha256 key, which has no name or version;" in err
     assert "'default'" not in err and "version 1" not in err  # the legacy protocol has no key names
@@ -218,7 +218,7 @@ def test_provider_refusal_and_unreachable_provider_exit_1(
 ) -> None:
     rc, _, err = run([*base(served), "--hex", "--scheme", "no-such-scheme"], capsys)
     assert rc == 1 and "provider refused:" in err and "UNKNOWN_SCHEME" in err
-    rc, _, err = run([*base(served, f"127.0.0.1:{free_port()}"), "--hex"], capsys)
+    rc, _, err = run([*base(served, f"127.0.0.1:{free_port()}"), "--legacy", "--hex"], capsys)
     assert rc == 1 and "TRANSPORT_ERROR" in err
 
 
@@ -385,7 +385,7 @@ def test_legacy_client_on_the_http_port_is_told_to_use_http(
     served: ServedProvider, capsys: pytest.CaptureFixture[str]
 ) -> None:
     http_address = served.http_url.removeprefix("http://")
-    rc, _, err = run([*base(served, http_address), "--hex"], capsys)
+    rc, _, err = run([*base(served, http_address), "--legacy", "--hex"], capsys)
     assert rc == 1
     assert "RESPONSE_MALFORMED: the provider at" in err and "answered with HTTP" in err
     assert f"--provider http://{http_address}" in err and "1213486160" not in err

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from sealing_key_provider.cli import main as cli_main
 from sealing_key_provider.client import KeyClient, ProviderTrust
 from sealing_key_provider.client.transport import HttpTransport, ProviderAnswer
+from sealing_key_provider.collateral.rawjson import split_signed_document
 from sealing_key_provider.config import Config, parse_override
 from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
 from sealing_key_provider.errors import (
@@ -436,11 +437,18 @@ def test_hostile_collateral_is_collateral_malformed(sim: SimPlatform) -> None:
         with pytest.raises(ProviderError) as err:
             Collateral.from_json(text)
         assert err.value.code == "COLLATERAL_MALFORMED"
+    # The PCCS client's reader of signed documents (it keeps Intel's exact bytes) holds too.
+    body = b'{"tcbInfo":' + deep(100_000).encode() + b',"signature":"00"}'
+    with pytest.raises(ProviderError) as err:
+        split_signed_document(body, "tcbInfo")
+    assert err.value.code == "COLLATERAL_MALFORMED"
 
     class HostilePccs:
         def get(self, tee: str, fmspc: bytes, ca: str) -> Collateral:
             c = sim.collateral(tee, now=int(time.time()))
-            return Collateral(**{**vars_of(c), "tcb_info": ('{"a":' * 100_000).encode()})
+            return Collateral(
+                **{**vars_of(c), "tcb_info": ('{"a":' * 100_000 + "1" + "}" * 100_000).encode()}
+            )
 
     with in_process(make_provider(sim, source=HostilePccs())) as thread, http_client(thread) as c:
         r = post_key(c, Td(sim, VICTIM).quote())

@@ -23,7 +23,7 @@ from sealing_key_provider.cli import main as cli_main
 from sealing_key_provider.client import KeyClient, ProviderTrust
 from sealing_key_provider.client.transport import HttpTransport, ProviderAnswer
 from sealing_key_provider.collateral.rawjson import split_signed_document
-from sealing_key_provider.config import Config, parse_override
+from sealing_key_provider.config import Config, PlatformConfig, parse_override
 from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
 from sealing_key_provider.errors import (
     ClockBehindFloor,
@@ -34,7 +34,7 @@ from sealing_key_provider.errors import (
     ResponseBindingInvalid,
 )
 from sealing_key_provider.keys import DEFAULT_SCHEME, HKDF_SCHEME, LEGACY_SCHEME, HkdfSha256V1
-from sealing_key_provider.platform import DEV_MODE_ISVPRODID, PRODUCTION_ISVPRODID
+from sealing_key_provider.platform import DEV_MODE_ISVPRODID, PRODUCTION_ISVPRODID, open_platform
 from sealing_key_provider.platform.sim import DEFAULT_SIM_MRENCLAVE, SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import KeyRequest
@@ -484,3 +484,14 @@ def test_hostile_overrides_are_config_invalid() -> None:
     for text in (f"server.max_connections={'9' * 5000}", f"server.max_connections={deep(5000)}"):
         with pytest.raises(ConfigError):
             parse_override(text)
+
+
+def test_open_platform_refuses_dev_mode_with_the_mrsigner_key(sim: SimPlatform) -> None:
+    """Behind the configuration check: the platform layer does not open that key in dev mode either."""
+    config = PlatformConfig(kind="sim", sealing_key_policy="mrsigner", sim_state_dir=str(sim.state_dir))
+    assert (
+        open_platform(config).sealing_key()
+        == SimSgxPlatform.load(sim.state_dir, key_policy="mrsigner").sealing_key()
+    )
+    with pytest.raises(PlatformError):
+        open_platform(config, dev_mode=True)

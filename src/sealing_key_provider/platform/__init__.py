@@ -113,6 +113,10 @@ def open_platform(config: PlatformConfig, *, dev_mode: bool = False) -> SgxPlatf
     Backends are imported here, not at module level, so that production code never loads the
     simulator and the simulator never needs Gramine's files.
     """
+    if dev_mode and config.sealing_key_policy == "mrsigner":
+        # The configuration refuses this pair too: a development build must never open the key that
+        # every production build signed with the same key and ISVPRODID shares.
+        raise PlatformError("development mode does not open the MRSIGNER sealing key; use the MRENCLAVE key")
     if config.kind == "gramine":
         from .gramine import GraminePlatform
 

@@ -128,9 +128,9 @@ def identity_from_quote(
     provider believe it runs elsewhere: the same-platform check would then admit that platform's TDs.
     Hence the quote must come from :func:`~.platform.attested_quote` (its body is this enclave's own
     report, so it is a quote of this enclave and no other), ``report_data`` is a fresh nonce the quote
-    must carry (no replay of a quote made earlier) and, in production, ``verifier`` proves the platform (PCK chain to the trust anchor, QE report
-    signed by that PCK key, quote signed by the key the QE report binds): only then is its PCK identity
-    this platform's. Without a verifier (development mode) the PCK certificate is read unverified.
+    must carry (no replay of a quote made earlier) and, in production, ``verifier`` proves the platform
+    (PCK chain to the trust anchor, QE report signed by that PCK key, quote signed by the key the QE
+    report binds): only then is its PCK identity this platform's. Without a verifier (development mode) the PCK certificate is read unverified.
     """
     q = parse_quote(own_quote)
     if q.header.tee_type != TeeType.SGX:
@@ -358,7 +358,6 @@ class Provider:
                 f"collateral source (PCCS or file): {e.message}"
             ) from e
         verified = self._verifier.verify(quote, collateral, now)
-        self.policy.check_collateral(verified.tcb_evaluation_data_number)
         # Accepted at a time not below the floor: its issue date is now a time known to have passed.
         self.time_floor.raise_to(verified.collateral_issued)
         # Same platform before policy: TDs of other machines never reach policy code (nor learn the
@@ -370,6 +369,7 @@ class Provider:
             )
         if quote.header.qe_id != mine.qe_id:
             raise PlatformMismatch("the TD's quoting enclave has another QE ID than the provider's")
+        self.policy.check_collateral(verified.tcb_evaluation_data_number)
         self.policy.check(verified, key_name)
         td = quote.td_report
         if td.mrservicetd is not None and any(td.mrservicetd):

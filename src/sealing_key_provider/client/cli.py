@@ -49,7 +49,7 @@ from .quote_source import (
     SimTdQuoteSource,
     detect_quote_source,
 )
-from .sdk import LEGACY_RISK_WARNING, KeyClient, ProviderKey
+from .sdk import KeyClient, ProviderKey
 from .secret import wipe
 from .tdx_guest import DEFAULT_TDX_GUEST_DEVICE, qgs_source_from_system
 from .transport import DEFAULT_TIMEOUT, HttpTransport, LegacyTransport, Transport, parse_address
@@ -320,14 +320,11 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
             )
         except ConfigError as e:  # a bad --pccs-url or an unreadable --ca-bundle
             return _usage(e.message)
-    legacy = not args.provider.startswith(("http://", "https://"))
-    if legacy and args.legacy:
-        print(f"{PROG}: WARNING: {LEGACY_RISK_WARNING}", file=sys.stderr)
     try:
         quotes = _quote_source(args)
-        transport = _transport(args)
+        # With --legacy the SDK logs a warning that names the risk (stderr: no logging is configured).
         with KeyClient(
-            transport, trust, verifier, collateral, quotes, allow_unbound_legacy=args.legacy
+            _transport(args), trust, verifier, collateral, quotes, allow_unbound_legacy=args.legacy
         ) as client:
             result: ProviderKey = client.fetch(
                 args.key_name, args.key_version, args.scheme, freshness=args.freshness

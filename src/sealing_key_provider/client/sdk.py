@@ -74,9 +74,9 @@ log = logging.getLogger("sealing_key_provider.client")
 #: 32-byte key + sealed-box overhead (ephemeral public key and Poly1305 tag).
 ENCRYPTED_KEY_SIZE: Final = DERIVED_KEY_SIZE + SEALED_BOX_OVERHEAD
 
-#: What an explicit legacy opt-in is told (the SDK logs it; ``get-key --legacy`` prints it).
+#: What an explicit legacy opt-in is told (logged at WARNING; ``get-key --legacy`` shows it on stderr).
 LEGACY_RISK_WARNING: Final = (
-    "the legacy protocol does not bind the provider's answer to this TD's quote: the host can swap the "
+    "legacy protocol: the provider's answer is not bound to this TD's quote: the host can swap the "
     "quote for one of another TD image on this machine that carries this TD's public key, and this TD "
     "then receives that image's key (which that TD can also fetch). Use it only with a provider whose "
     "policy.allowed_mrtd lists your own images, or use the HTTP API v1"
@@ -130,7 +130,7 @@ class KeyClient:
                     "with allow_unbound_legacy=True (get-key --legacy) for a provider whose "
                     "policy.allowed_mrtd lists only your images"
                 )
-            log.warning("legacy protocol: %s", LEGACY_RISK_WARNING)
+            log.warning("%s", LEGACY_RISK_WARNING)
         self.transport = transport
         self.trust = trust
         self._verifier = verifier

@@ -20,6 +20,7 @@ import pytest
 from starlette.requests import Request
 
 from sealing_key_provider.cli import main as cli_main
+from sealing_key_provider.cli.serve import open_platform
 from sealing_key_provider.client import KeyClient, ProviderTrust
 from sealing_key_provider.client.transport import HttpTransport, ProviderAnswer
 from sealing_key_provider.collateral.rawjson import split_signed_document
@@ -34,13 +35,18 @@ from sealing_key_provider.errors import (
     ResponseBindingInvalid,
 )
 from sealing_key_provider.keys import DEFAULT_SCHEME, HKDF_SCHEME, LEGACY_SCHEME, HkdfSha256V1
-from sealing_key_provider.platform import DEV_MODE_ISVPRODID, PRODUCTION_ISVPRODID, open_platform
-from sealing_key_provider.platform.sim import DEFAULT_SIM_MRENCLAVE, SimSgxPlatform
+from sealing_key_provider.platform import DEV_MODE_ISVPRODID, PRODUCTION_ISVPRODID
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import KeyRequest
 from sealing_key_provider.server import ServerThread
 from sealing_key_provider.server.http_api import read_body
-from sealing_key_provider.sim import Scenario, SgxEnclaveIdentity, SimPlatform
+from sealing_key_provider.sim import (
+    DEFAULT_SIM_MRENCLAVE,
+    Scenario,
+    SgxEnclaveIdentity,
+    SimPlatform,
+    SimSgxPlatform,
+)
 from sealing_key_provider.timefloor import BUILD_TIME, TimeFloor
 from sealing_key_provider.wire import decode_legacy_response
 

@@ -1,138 +1,24 @@
 """The provider's SGX side, at the edge: its own report, its own quote and its sealing key.
 
 The request flow only needs three things from the enclave it runs in, so that is the whole interface
-(:class:`SgxPlatform`). Two backends implement it: :class:`~.gramine.GraminePlatform` over Gramine's
-``/dev/attestation`` pseudo-files (production), and :class:`~.sim.SimSgxPlatform` over the software
-platform of :mod:`sealing_key_provider.sim` (development, tests, demos).
+(:class:`~.base.SgxPlatform`). The production backend is :class:`~.gramine.GraminePlatform` over
+Gramine's ``/dev/attestation`` pseudo-files; the simulated one lives with the simulator
+(:class:`sealing_key_provider.sim.SimSgxPlatform`). Which one runs is chosen by the command line
+(``serve``), never here.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
-
-from ..dcap.abi import TeeType, parse_enclave_report, parse_quote
-from ..errors import PlatformError, QuoteError
-
-if TYPE_CHECKING:
-    from ..config import PlatformConfig
-
-REPORT_DATA_SIZE: Final = 64
-SEALING_KEY_SIZE: Final = 16
-#: ISVPRODID of production builds and of development (``DEV_MODE=1``) builds (the Makefile signs them
-#: so): a development build signed with the production key still gets another MRSIGNER sealing key.
-PRODUCTION_ISVPRODID: Final = 0
-DEV_MODE_ISVPRODID: Final = 1
-#: ``sgx_report_body_t``: the body of an EREPORT and of an SGX quote.
-REPORT_BODY_SIZE: Final = 384
-#: Fields compared between the enclave's own report and its quote, named in the error on a mismatch.
-_BODY_FIELDS: Final = (
-    "mrenclave",
-    "mrsigner",
-    "attributes",
-    "isvprodid",
-    "isvsvn",
-    "cpusvn",
-    "miscselect",
-    "configid",
-    "configsvn",
-    "isvextprodid",
-    "isvfamilyid",
-    "report_data",
+from .base import (
+    DEV_MODE_ISVPRODID,
+    PRODUCTION_ISVPRODID,
+    REPORT_BODY_SIZE,
+    REPORT_DATA_SIZE,
+    SEALING_KEY_SIZE,
+    SgxPlatform,
+    attested_quote,
+    check_report_data,
 )
-
-
-@runtime_checkable
-class SgxPlatform(Protocol):
-    """What the provider needs from its enclave. Implementations must be safe to call from threads."""
-
-    def report(self, report_data: bytes) -> bytes:
-        """This enclave's own report body (384 bytes) over ``report_data``, made inside the enclave
-        (EREPORT; Gramine's ``/dev/attestation/report``): the host never carries it."""
-        ...
-
-    def quote(self, report_data: bytes) -> bytes:
-        """A DCAP SGX quote of this enclave whose REPORTDATA is exactly ``report_data`` (64 bytes).
-
-        The quote comes back through the host: use :func:`attested_quote`, which compares it with
-        :meth:`report`, instead of calling this directly."""
-        ...
-
-    def sealing_key(self) -> bytes:
-        """This enclave's 16-byte SGX sealing key (same platform + same identity → same key)."""
-        ...
-
-
-def check_report_data(report_data: bytes | bytearray) -> bytes:
-    """Report data is exactly 64 bytes: silent padding or truncation would bind something else."""
-    if not isinstance(report_data, (bytes, bytearray)) or len(report_data) != REPORT_DATA_SIZE:
-        raise ValueError(f"report data must be {REPORT_DATA_SIZE} bytes")
-    return bytes(report_data)
-
-
-def attested_quote(platform: SgxPlatform, report_data: bytes) -> bytes:
-    """A quote over ``report_data`` whose report body is this enclave's own report, byte for byte.
-
-    The quoting enclave is reached through the host, and the report data travels to it in the clear,
-    so the host can answer with a quote from an enclave of its own (on this or another machine) over
-    the same report data: adopting its PCK certificate would make the provider believe it runs on
-    another platform. The enclave's own EREPORT does not pass through the host; requiring the quote's
-    body to equal it (MRENCLAVE, MRSIGNER, attributes, ISVPRODID, ISVSVN, CPUSVN, report data, ...)
-    leaves only quotes of this enclave. Another machine running this same enclave could produce an
-    equal body only by quoting over the same report data, which the provider never does for data a
-    caller chose (its report data is a fresh random nonce or a hash that binds its own answer).
-    Every quote the provider makes goes through here.
-    """
-    rd = check_report_data(report_data)
-    own = platform.report(rd)
-    if len(own) != REPORT_BODY_SIZE or not hmac.compare_digest(own[320:384], rd):
-        raise PlatformError("the platform's own report is not a report body over the report data asked for")
-    quote = platform.quote(rd)
-    try:
-        parsed = parse_quote(quote)
-    except QuoteError as e:
-        raise PlatformError(
-            f"the platform returned an unreadable quote for this enclave: {e.message}"
-        ) from None
-    if parsed.header.tee_type != TeeType.SGX:
-        raise PlatformError("the platform returned a TDX quote for the provider enclave; expected SGX")
-    body = parsed.enclave_report
-    if not hmac.compare_digest(body.raw, own):
-        mine = parse_enclave_report(own)
-        differ = [name for name in _BODY_FIELDS if getattr(body, name) != getattr(mine, name)] or ["reserved"]
-        raise PlatformError(
-            "the quote the platform returned is not of this enclave: its report body differs from the "
-            f"enclave's own report in {', '.join(differ)} (a quote relayed from another enclave or machine)"
-        )
-    return quote
-
-
-def open_platform(config: PlatformConfig, *, dev_mode: bool = False) -> SgxPlatform:
-    """The backend ``[platform]`` names, opened (Gramine: ``attestation_type`` checked now).
-
-    Backends are imported here, not at module level, so that production code never loads the
-    simulator and the simulator never needs Gramine's files.
-    """
-    if dev_mode and config.sealing_key_policy == "mrsigner":
-        # The configuration refuses this pair too: a development build must never open the key that
-        # every production build signed with the same key and ISVPRODID shares.
-        raise PlatformError("development mode does not open the MRSIGNER sealing key; use the MRENCLAVE key")
-    if config.kind == "gramine":
-        from .gramine import GraminePlatform
-
-        return GraminePlatform(config.attestation_dir, config.sealing_key_policy)
-    from .sim import SimSgxPlatform
-
-    if config.sim_state_dir is None:
-        raise ValueError("platform.sim_state_dir is required for the simulated platform")
-    return SimSgxPlatform.load(
-        config.sim_state_dir,
-        mrenclave=bytes.fromhex(config.sim_mrenclave) if config.sim_mrenclave else None,
-        mrsigner=bytes.fromhex(config.sim_mrsigner) if config.sim_mrsigner else None,
-        key_policy=config.sealing_key_policy,
-        dev_mode=dev_mode,
-    )
-
 
 __all__ = [
     "DEV_MODE_ISVPRODID",
@@ -143,5 +29,4 @@ __all__ = [
     "SgxPlatform",
     "attested_quote",
     "check_report_data",
-    "open_platform",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import PlatformError, RestartRequired
-from . import REPORT_BODY_SIZE, SEALING_KEY_SIZE, check_report_data
+from .base import REPORT_BODY_SIZE, SEALING_KEY_SIZE, check_report_data
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ _BODY_FIELDS: Final = (
 )
 
 
-
 @runtime_checkable
 class SgxPlatform(Protocol):
     """What the provider needs from its enclave. Implementations must be safe to call from threads."""
@@ -54,7 +53,6 @@ class SgxPlatform(Protocol):
         The quote comes back through the host: use :func:`attested_quote`, which compares it with
         :meth:`report`, instead of calling this directly."""
         ...
-
 
     def sealing_key(self) -> bytes:
         """This enclave's 16-byte SGX sealing key (same platform + same identity → same key)."""

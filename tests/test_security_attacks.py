@@ -22,6 +22,7 @@ from starlette.requests import Request
 from sealing_key_provider.cli import main as cli_main
 from sealing_key_provider.cli.serve import open_platform
 from sealing_key_provider.client import KeyClient, ProviderTrust
+from sealing_key_provider.client.tdx_guest import qgs_port_from_conf
 from sealing_key_provider.client.transport import HttpTransport, ProviderAnswer
 from sealing_key_provider.collateral.rawjson import split_signed_document
 from sealing_key_provider.config import Config, PlatformConfig, parse_override
@@ -47,6 +48,7 @@ from sealing_key_provider.sim import (
     SimPlatform,
     SimSgxPlatform,
 )
+from sealing_key_provider.sim.pccs_server import parse_listen as sim_pccs_listen
 from sealing_key_provider.timefloor import BUILD_TIME, TimeFloor
 from sealing_key_provider.wire import decode_legacy_response
 
@@ -501,3 +503,14 @@ def test_open_platform_refuses_dev_mode_with_the_mrsigner_key(sim: SimPlatform) 
     )
     with pytest.raises(PlatformError):
         open_platform(config, dev_mode=True)
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "9" * 5000])
+def test_numbers_that_isdigit_accepts_but_int_refuses_are_typed_errors(value: str) -> None:
+    """Every ``isdigit()`` before ``int()`` in the project takes ASCII digits of bounded length only."""
+    with pytest.raises(ConfigError):
+        qgs_port_from_conf(f"port = {value}\n")
+    with pytest.raises(ConfigError):
+        sim_pccs_listen(f"127.0.0.1:{value}")
+    with pytest.raises(ConfigError):
+        Config.from_mapping({"server": {"http_listen": f"127.0.0.1:{value}"}, "collateral": {"file": "c"}})

@@ -47,7 +47,8 @@ demo: $(STAMP)
 # The original's switches: SGX=1 runs under gramine-sgx on real hardware; DEV_MODE=1 builds a
 # development enclave (dev_mode = true is measured, so its MRENCLAVE and keys differ); DEBUG=1 raises
 # the log level only (the enclave is never a debug enclave). Without SGX=1 the same target runs the
-# provider natively on the simulated platform.
+# provider natively on the simulated platform. A DEV_MODE=1 build gets its own ISVPRODID (1; production
+# is 0), so even signed with the production key it never shares the MRSIGNER sealing key.
 SGX ?=
 DEV_MODE ?= 0
 DEBUG ?= 0
@@ -58,9 +59,10 @@ GRAMINE_DIR := build/gramine
 SIM_STATE ?= $(shell $(PY) -c 'from sealing_key_provider.sim import default_state_dir; print(default_state_dir())')
 LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,info)
 GRAMINE_LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,error)
+ISVPRODID := $(if $(filter 1,$(DEV_MODE)),1,0)
 
 print-mode:
-	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG)"
+	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG) ISVPRODID=$(ISVPRODID)"
 
 $(GRAMINE_DIR)/config.toml: gramine/config.toml
 	mkdir -p $(GRAMINE_DIR)
@@ -69,7 +71,7 @@ $(GRAMINE_DIR)/config.toml: gramine/config.toml
 
 gramine-build: $(STAMP) $(GRAMINE_DIR)/config.toml print-mode
 	gramine-manifest -Dpython=$(abspath $(PY)) -Dlog_level=$(GRAMINE_LOG_LEVEL) -Darch_libdir=$(ARCH_LIBDIR) \
-	    -Dprovider_dir=$(abspath $(GRAMINE_DIR)) -Disvprodid=0 -Disvsvn=1 \
+	    -Dprovider_dir=$(abspath $(GRAMINE_DIR)) -Disvprodid=$(ISVPRODID) -Disvsvn=1 \
 	    gramine/sealing-key-provider.manifest.template > $(GRAMINE_DIR)/sealing-key-provider.manifest
 	gramine-sgx-sign --manifest $(GRAMINE_DIR)/sealing-key-provider.manifest \
 	    --output $(GRAMINE_DIR)/sealing-key-provider.manifest.sgx

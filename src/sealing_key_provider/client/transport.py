@@ -127,7 +127,13 @@ class HttpTransport:
         try:
             with self._client.stream(method, self.url + path, json=body) as response:
                 declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self._max:
+                if (
+                    declared is not None
+                    and declared.isascii()
+                    and declared.isdigit()
+                    and len(declared) <= 18
+                    and int(declared) > self._max
+                ):
                     raise ResponseMalformed(f"provider answer of {declared} bytes exceeds {self._max} bytes")
                 chunks: list[bytes] = []
                 size = 0

@@ -220,7 +220,11 @@ class PccsClient:
             if encoding not in ("", "identity"):
                 raise CollateralMalformed(f"GET {path}: refused Content-Encoding {encoding!r}")
             declared = resp.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+            # ASCII digits of bounded length: str.isdigit() accepts "²" and int() refuses 4300+ digits.
+            digits = (
+                declared is not None and declared.isascii() and declared.isdigit() and len(declared) <= 18
+            )
+            if declared is not None and digits and int(declared) > self.max_response_bytes:
                 raise CollateralUnavailable(
                     f"GET {path}: response of {declared} bytes exceeds the "
                     f"{self.max_response_bytes}-byte limit"

@@ -358,8 +358,21 @@ def test_own_quote_from_another_platform_is_refused(sim: SimPlatform, tmp_path: 
     def swap_chain(rd: bytes) -> bytes:
         quote = real.quote(rd)
         chain = parse_quote(quote).pck_chain_pem
-        assert len(chain) == len(other_chain)  # same layout: a byte-for-byte swap keeps sizes valid
-        return quote.replace(chain, other_chain)
+        # The chain is the last field of an SGX v3 quote (certification data type 5). Certificates
+        # differ in length by their DER signatures, so the swap also rewrites the two sizes that
+        # cover it: the certification data size just before it and the signature data length.
+        start = len(quote) - len(chain)
+        assert quote[start:] == chain
+        delta = len(other_chain) - len(chain)
+        cert_size = int.from_bytes(quote[start - 4 : start], "little") + delta
+        sig_len = int.from_bytes(quote[432:436], "little") + delta
+        return (
+            quote[:432]
+            + sig_len.to_bytes(4, "little")
+            + quote[436 : start - 4]
+            + cert_size.to_bytes(4, "little")
+            + other_chain
+        )
 
     host = _LyingHost(real, swap_chain)
     with pytest.raises(PlatformError, match="does not prove its platform") as err:

@@ -441,6 +441,17 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, deadline: float) -> 
     raise DryRunError("the provider did not become ready in time")
 
 
+def _served_counts(url: str) -> list[str]:
+    """The provider's own count of answered requests per protocol (its /metrics)."""
+    import httpx
+
+    with httpx.Client(timeout=10, trust_env=False) as http:
+        text = http.get(f"{url}/metrics").text
+    return [
+        line for line in text.splitlines() if line.startswith("skp_requests_total{") and 'code="OK"' in line
+    ]
+
+
 def _listen(config: Mapping[str, Any], key: str, default: str) -> str:
     return str(config.get("server", {}).get(key, default))
 
@@ -575,6 +586,8 @@ def run(args: argparse.Namespace) -> int:
         )
         quotes = sum(1 for name, _ in emulation.served if name == "quote")
         log(f"/dev/attestation served {quotes} quote(s) over the provider's report data")
+        for line in _served_counts(http_url):
+            log(f"provider metrics: {line}")
         process.send_signal(signal.SIGTERM)
         try:
             code = process.wait(timeout=30)

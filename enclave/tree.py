@@ -12,7 +12,8 @@ Layout (``PREFIX`` defaults to ``/opt/sealing-key-provider``)::
 Everything that could vary between two builds of one commit is removed or fixed here: no byte code
 (``__pycache__``; the enclave's file system is read-only and ``PYTHONDONTWRITEBYTECODE`` is set), no
 ``direct_url.json`` (it names the checkout's path), no ``RECORD``/``INSTALLER``/``REQUESTED``, no
-console scripts (their ``#!`` line names the build interpreter). The project's wheel is built from a
+console scripts (their ``#!`` line names the build interpreter); dependencies' own ``tests``
+packages are removed too (code the provider never imports is still code the enclave would trust). The project's wheel is built from a
 clean copy of ``src/`` so that stale build output can never enter it, and without :data:`EXCLUDED`.
 """
 
@@ -53,6 +54,7 @@ STDLIB_EXCLUDED: Final = frozenset(
         "dist-packages",
         "__pycache__",
         "test",
+        "tests",
         "idlelib",
         "tkinter",
         "turtledemo",
@@ -232,6 +234,8 @@ def pip_install(lock: Path, wheel: Path, site: Path, facts: dict[str, str], whee
 def normalize_tree(prefix: Path, site: Path) -> None:
     """Remove what varies by path or time (see the module docstring) and what is not needed."""
     shutil.rmtree(site / "bin", ignore_errors=True)
+    for tests in sorted(p for p in site.rglob("*") if p.is_dir() and p.name in ("test", "tests")):
+        shutil.rmtree(tests, ignore_errors=True)  # dependencies' own test suites: never imported
     for cache in sorted(prefix.rglob("__pycache__"), reverse=True):
         shutil.rmtree(cache)
     for pyc in prefix.rglob("*.py[co]"):

@@ -194,8 +194,8 @@ def test_manifest_keeps_the_production_settings(build: Build) -> None:
         "--config", f"{build.prefix}/etc/config.toml",
     ]  # fmt: skip
     assert m["libos"] == {"entrypoint": python}
-    assert loader["env"]["PYTHONPATH"] == f"{build.prefix}/site-packages"  # type: ignore[index]
-    assert all(isinstance(v, str) for v in loader["env"].values())  # type: ignore[union-attr]
+    assert loader["env"]["PYTHONPATH"] == f"{build.prefix}/site-packages"
+    assert all(isinstance(v, str) for v in loader["env"].values())
 
 
 def test_dev_mode_and_debug_keep_their_meaning(build: Build, tmp_path: Path) -> None:

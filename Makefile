@@ -48,7 +48,11 @@ GRAMINE_LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,error)
 print-mode:
 	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG)"
 
-$(GRAMINE_DIR)/config.toml: gramine/config.toml FORCE
+# The measured configuration: gramine/config.toml, or another file (ENCLAVE_CONFIG=, e.g. the container
+# image's deploy/config-container.toml); either way it is in the enclave tree and in MRENCLAVE.
+ENCLAVE_CONFIG ?= gramine/config.toml
+
+$(GRAMINE_DIR)/config.toml: $(ENCLAVE_CONFIG) FORCE
 	mkdir -p $(GRAMINE_DIR)
 	sed -e 's/^dev_mode = false/dev_mode = $(if $(filter 1,$(DEV_MODE)),true,false)/' \
 	    -e 's/^level = "info"/level = "$(LOG_LEVEL)"/' $< > $@.tmp

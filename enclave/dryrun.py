@@ -459,15 +459,15 @@ def _listen(config: Mapping[str, Any], key: str, default: str) -> str:
 def run(args: argparse.Namespace) -> int:
     how = enter_network_namespace()
     log(f"private network namespace as {how}; the provider's production ports collide with nothing")
-    from sealing_key_provider.client.quote_source import SimTdQuoteSource
     from sealing_key_provider.client.sdk import KeyClient
     from sealing_key_provider.client.trust import ProviderTrust
     from sealing_key_provider.collateral import build_source
-    from sealing_key_provider.collateral.pccs_server import PccsServer, RegeneratingCatalog
     from sealing_key_provider.dcap import Verifier
     from sealing_key_provider.dcap.abi import SGX_FLAG_DEBUG
     from sealing_key_provider.sim import SgxEnclaveIdentity, SimPlatform
+    from sealing_key_provider.sim.pccs_server import PccsServer, RegeneratingCatalog
     from sealing_key_provider.sim.platform import DEFAULT_SGX_ATTRIBUTES
+    from sealing_key_provider.sim.td_quote_source import SimTdQuoteSource
 
     from .attestation import DRY_RUN_MRSIGNER, AttestationEmulation
 

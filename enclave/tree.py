@@ -41,10 +41,6 @@ EXCLUDED: Final = (
     f"{PACKAGE}/demo.py",
     f"{PACKAGE}/cli/sim.py",
     f"{PACKAGE}/cli/demo.py",
-    # Before the simulator's edges moved into sim/ (kept while both layouts exist):
-    f"{PACKAGE}/platform/sim.py",
-    f"{PACKAGE}/collateral/pccs_server.py",
-    f"{PACKAGE}/client/sim_quote_source.py",
 )
 
 #: Standard-library parts the provider never imports (GUI, tests, installers, REPL tooling).

@@ -46,7 +46,7 @@ LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,info)
 GRAMINE_LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,error)
 
 print-mode:
-	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG)"
+	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG) ISVPRODID=$(ISVPRODID)"
 
 # The measured configuration: gramine/config.toml, or another file (ENCLAVE_CONFIG=, e.g. the container
 # image's deploy/config-container.toml); either way it is in the enclave tree and in MRENCLAVE.
@@ -67,7 +67,10 @@ $(GRAMINE_DIR)/config.toml: $(ENCLAVE_CONFIG) FORCE
 PREFIX ?= /opt/sealing-key-provider
 ENCLAVE_PYTHON ?= $(shell $(PY) -c 'import sys; print(sys._base_executable)' 2>/dev/null || command -v python3)
 ENCLAVE_EXTRAS ?=
-ISVPRODID ?= 0
+PCCS_CA ?=
+# A DEV_MODE=1 build gets its own ISVPRODID (1; production is 0), so even signed with the production key
+# it never shares the MRSIGNER sealing key. Both are SIGSTRUCT fields, measured into the manifest too.
+ISVPRODID ?= $(if $(filter 1,$(DEV_MODE)),1,0)
 ISVSVN ?= 1
 GRAMINE_PKGLIBDIR ?= /usr/lib/x86_64-linux-gnu/gramine
 SGX_SIGNING_KEY ?= $(HOME)/.config/gramine/enclave-key.pem
@@ -89,7 +92,7 @@ enclave-wheel: $(STAMP)
 enclave-tree: $(STAMP) enclave-wheel $(GRAMINE_DIR)/config.toml
 	$(PY) -m enclave.tree install --prefix $(PREFIX) --python $(ENCLAVE_PYTHON) --lock gramine/requirements.lock \
 	    --wheel-dir build/dist --config $(GRAMINE_DIR)/config.toml --hosts gramine/hosts \
-	    --nsswitch gramine/nsswitch.conf --wheelhouse $(WHEELHOUSE)
+	    --nsswitch gramine/nsswitch.conf --wheelhouse $(WHEELHOUSE) $(if $(PCCS_CA),--pccs-ca $(PCCS_CA))
 
 manifest: enclave-tree print-mode
 ifeq ($(HAVE_GRAMINE),1)

@@ -7,7 +7,8 @@ Layout (``PREFIX`` defaults to ``/opt/sealing-key-provider``)::
     lib/sys/                    the shared libraries they load, except the C library family that
                                 Gramine supplies from its runtime directory
     site-packages/              the locked dependencies (--require-hashes) and this project's wheel
-    etc/config.toml, etc/hosts  the measured configuration
+    etc/                        the measured configuration (config.toml, hosts, nsswitch.conf and,
+                                with PCCS_CA=, pccs-ca.pem)
 
 Everything that could vary between two builds of one commit is removed or fixed here: no byte code
 (``__pycache__``; the enclave's file system is read-only and ``PYTHONDONTWRITEBYTECODE`` is set), no
@@ -258,6 +259,7 @@ def build(
     hosts: Path,
     nsswitch: Path,
     wheelhouse: Path,
+    pccs_ca: Path | None = None,
 ) -> None:
     """Build the enclave tree at ``prefix`` from scratch (an existing tree there is replaced)."""
     facts = interpreter_facts(python)
@@ -292,6 +294,8 @@ def build(
     _copy_file(config, prefix / "etc" / "config.toml")
     _copy_file(hosts, prefix / "etc" / "hosts")
     _copy_file(nsswitch, prefix / "etc" / "nsswitch.conf")
+    if pccs_ca is not None:
+        _copy_file(pccs_ca, prefix / "etc" / "pccs-ca.pem")
     normalize_tree(prefix, site)
     files = sum(1 for p in prefix.rglob("*") if p.is_file())
     print(
@@ -316,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--hosts", type=Path, required=True)
     b.add_argument("--nsswitch", type=Path, required=True)
     b.add_argument("--wheelhouse", type=Path, required=True)
+    b.add_argument("--pccs-ca", type=Path, help="CA of a self-signed PCCS: etc/pccs-ca.pem, measured")
     args = parser.parse_args(argv)
     if args.command == "wheel":
         print(build_wheel(args.source, args.out, args.constraints))
@@ -334,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         hosts=args.hosts,
         nsswitch=args.nsswitch,
         wheelhouse=args.wheelhouse,
+        pccs_ca=args.pccs_ca,
     )
     return 0
 

@@ -198,19 +198,46 @@ def test_manifest_keeps_the_production_settings(build: Build) -> None:
     assert all(isinstance(v, str) for v in loader["env"].values())
 
 
-def test_dev_mode_and_debug_keep_their_meaning(build: Build, tmp_path: Path) -> None:
-    """DEV_MODE=1 is measured (the configuration says so, another preview); DEBUG=1 raises the log
-    level only: never a debug enclave. Rendered from the tree already built (no rebuild)."""
+def test_dev_mode_and_debug_keep_their_meaning(build: Build) -> None:
+    """DEV_MODE=1 is measured (dev_mode = true in the tree's configuration) and gets ISVPRODID 1;
+    DEBUG=1 raises log levels only: the enclave is never a debug enclave."""
     from enclave.render import render
 
+    planned = subprocess.run(
+        [
+            "make",
+            "-n",
+            "SGX=1",
+            "DEV_MODE=1",
+            "DEBUG=1",
+            "manifest",
+            f"PREFIX={build.prefix}",
+            f"VENV={VENV}",
+        ],
+        cwd=build.clone,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "-Disvprodid=1" in planned and "-Dlog_level=debug" in planned
+    config = build.clone / "build" / "gramine" / "config.toml"
+    try:
+        subprocess.run(
+            ["make", "-s", "DEV_MODE=1", "DEBUG=1", "build/gramine/config.toml"], cwd=build.clone, check=True
+        )
+        dev = tomllib.loads(config.read_text())
+        assert dev["dev_mode"] is True and dev["logging"]["level"] == "debug"
+    finally:
+        subprocess.run(["make", "-s", "build/gramine/config.toml"], cwd=build.clone, check=True)
+    assert tomllib.loads(config.read_text())["dev_mode"] is False
+    assert tomllib.loads((build.prefix / "etc" / "config.toml").read_text())["dev_mode"] is False
     template = build.clone / "gramine" / "sealing-key-provider.manifest.template"
-    base = {"prefix": str(build.prefix), "log_level": "debug", "isvprodid": "0", "isvsvn": "1"}
-    text, _ = render(template, base, Path("/nonexistent/gramine"))
+    variables = {"prefix": str(build.prefix), "log_level": "debug", "isvprodid": "1", "isvsvn": "1"}
+    text, _ = render(template, variables, Path("/nonexistent/gramine"))
     debug = tomllib.loads(text)
     assert debug["loader"]["log_level"] == "debug"
     assert debug["sgx"]["debug"] is False
-    config = tomllib.loads((build.prefix / "etc" / "config.toml").read_text())
-    assert config["dev_mode"] is False
+    assert debug["sgx"]["isvprodid"] == 1
 
 
 # --- the dry run ------------------------------------------------------------------------------------------

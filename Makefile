@@ -66,7 +66,8 @@ $(GRAMINE_DIR)/config.toml: $(ENCLAVE_CONFIG) FORCE
 # dry-run:      the production enclave in its exact file view, without SGX, answering both protocols.
 PREFIX ?= /opt/sealing-key-provider
 ENCLAVE_PYTHON ?= $(shell $(PY) -c 'import sys; print(sys._base_executable)' 2>/dev/null || command -v python3)
-ENCLAVE_EXTRAS ?=
+# Extras of this project whose dependencies the enclave needs (the server's web stack).
+ENCLAVE_EXTRAS ?= server
 PCCS_CA ?=
 # A DEV_MODE=1 build gets its own ISVPRODID (1; production is 0), so even signed with the production key
 # it never shares the MRSIGNER sealing key. Both are SIGSTRUCT fields, measured into the manifest too.

@@ -112,7 +112,8 @@ def test_the_lock_pins_exactly_the_constraints_versions_with_hashes() -> None:
         hashes = re.findall(r"--hash=sha256:([0-9a-f]+)", block)
         assert hashes and all(len(h) == 64 for h in hashes), block
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for requirement in project["dependencies"]:
+    runtime = [*project["dependencies"], *project.get("optional-dependencies", {}).get("server", [])]
+    for requirement in runtime:
         name = lock.normalize(re.split(r"[=<>\[; ]", requirement)[0])
         assert name in pinned, f"{name} is a runtime dependency missing from the lock (make lock)"
     assert lock.normalize(project["name"]) not in pinned

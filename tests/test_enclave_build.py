@@ -261,23 +261,10 @@ def _skip_without_namespaces() -> None:
         pytest.skip(f"dry run not run: {why}")
 
 
-def _xfail_on_the_known_eager_cli(out: str) -> None:
-    """Until the cli branch's lazy dispatch is merged, ``cli/dispatch.py`` imports every command module,
-    the simulator's too, so the production enclave cannot start without the simulator: the dry run
-    finds exactly that defect. Only that exact diagnosis is an expected failure; any other is a failure.
-    Remove this once main imports only the running command's module."""
-    if "cli/dispatch.py" in out and "is excluded from the enclave tree (enclave/tree.py EXCLUDED)" in out:
-        pytest.xfail(
-            "known defect: cli/dispatch.py imports the simulator's commands at start (fixed on branch cli)"
-        )
-
-
 def test_dry_run_serves_both_protocols_from_the_gramine_backend(build: Build) -> None:
     _skip_without_namespaces()
     result = _make(build.clone, "dry-run", prefix=build.prefix, wheelhouse=build.clone / "unused")
     out = result.stdout + result.stderr
-    if result.returncode != 0:
-        _xfail_on_the_known_eager_cli(out)
     assert result.returncode == 0, out
     digest = build.digests[1]
     assert f"MRENCLAVE (/dev/attestation emulation) = measurement preview digest {digest}" in out
@@ -307,8 +294,6 @@ def test_dry_run_names_a_trusted_file_missing_from_the_view(build: Build, tmp_pa
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert "FAILED" in out
-    if f"{missing}" not in out:
-        _xfail_on_the_known_eager_cli(out)
     assert f"{missing}" in out
     assert "module sealing_key_provider.keys" in out
     assert "sealing-key-provider.manifest.template:" in out and "(sgx.trusted_files)" in out

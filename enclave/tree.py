@@ -212,6 +212,7 @@ def pip_install(lock: Path, wheel: Path, site: Path, facts: dict[str, str], whee
         ],
         check=True,
     )  # fmt: skip
+    shutil.rmtree(site / "bin", ignore_errors=True)  # scripts are never kept (normalize_tree)
     subprocess.run(
         [
             *pip,

@@ -317,7 +317,8 @@ def config_path(manifest: Manifest) -> str:
 
 
 def dry_run_config(production: str, pccs_url: str) -> tuple[str, list[str]]:
-    """The production configuration with only the PCCS URL and trust anchor changed; and what changed."""
+    """The production configuration with only the PCCS settings (URL, its CA bundle) and the trust anchor
+    changed; and what changed."""
     import tomli_w
 
     data = tomllib.loads(production)
@@ -326,7 +327,8 @@ def dry_run_config(production: str, pccs_url: str) -> tuple[str, list[str]]:
     for key, value in (("pccs_url", pccs_url), ("trust_anchor", DRY_RUN_ANCHOR)):
         changes.append(f"collateral.{key}: {collateral.get(key, '(unset)')} -> {value}")
         collateral[key] = value
-    collateral.pop("pccs_ca_bundle", None)
+    if "pccs_ca_bundle" in collateral:  # the simulated PCCS speaks plain HTTP
+        changes.append(f"collateral.pccs_ca_bundle: {collateral.pop('pccs_ca_bundle')} -> (unset)")
     text = tomli_w.dumps(data)
     before, after = tomllib.loads(production), tomllib.loads(text)
     for table in (before, after):

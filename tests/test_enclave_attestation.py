@@ -143,3 +143,21 @@ def test_lock_rendering() -> None:
         f"a==1 \\\n    --hash=sha256:{'0' * 64} \\\n    --hash=sha256:{'1' * 64}\n"
         f"b==2 \\\n    --hash=sha256:{'2' * 64}\n"
     )
+
+
+def test_the_dry_run_configuration_changes_only_the_pccs_and_trust_anchor() -> None:
+    from enclave.dryrun import DRY_RUN_ANCHOR, dry_run_config
+
+    production = (REPO / "gramine" / "config.toml").read_text()
+    text, changes = dry_run_config(production, "http://127.0.0.1:1234")
+    before, after = tomllib.loads(production), tomllib.loads(text)
+    assert after["collateral"]["pccs_url"] == "http://127.0.0.1:1234"
+    assert after["collateral"]["trust_anchor"] == DRY_RUN_ANCHOR
+    for table in (before, after):
+        table["collateral"].pop("pccs_url", None)
+        table["collateral"].pop("trust_anchor", None)
+    assert before == after
+    assert [c.split(":")[0] for c in changes] == ["collateral.pccs_url", "collateral.trust_anchor"]
+    with_ca = production.replace("[collateral]\n", '[collateral]\npccs_ca_bundle = "/x/ca.pem"\n')
+    _, changes = dry_run_config(with_ca, "http://127.0.0.1:1234")
+    assert changes[-1] == "collateral.pccs_ca_bundle: /x/ca.pem -> (unset)"

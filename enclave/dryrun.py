@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import fcntl
+import inspect
 import json
 import os
 import re
@@ -454,6 +455,10 @@ def _served_counts(url: str) -> list[str]:
     ]
 
 
+def _has_parameter(function: Any, name: str) -> bool:
+    return name in inspect.signature(function).parameters
+
+
 def _listen(config: Mapping[str, Any], key: str, default: str) -> str:
     return str(config.get("server", {}).get(key, default))
 
@@ -568,7 +573,13 @@ def run(args: argparse.Namespace) -> int:
         verifier = Verifier(trust_anchor=sim.root_certificate)
         collateral = build_source(clock=time.time, pccs_url=pccs.url)
         td = SimTdQuoteSource(sim)
-        with KeyClient.legacy(legacy_address, trust, verifier, collateral, td, timeout=30) as client:
+        # The legacy protocol does not bind its answer to the request; an SDK that refuses it unless
+        # told (allow_unbound_legacy) is told here: the dry run checks that the provider serves it.
+        opt_in: dict[str, Any] = {}
+        if _has_parameter(KeyClient.legacy, "allow_unbound_legacy"):
+            opt_in["allow_unbound_legacy"] = True
+        legacy_client: Any = KeyClient.legacy  # its keywords differ between SDK versions (opt_in)
+        with legacy_client(legacy_address, trust, verifier, collateral, td, timeout=30, **opt_in) as client:
             legacy_key = client.fetch()
         log(
             f"legacy request answered by the Gramine backend: provider quote verified (MRENCLAVE "
@@ -587,7 +598,10 @@ def run(args: argparse.Namespace) -> int:
             "request gave the same key"
         )
         quotes = sum(1 for name, _ in emulation.served if name == "quote")
-        log(f"/dev/attestation served {quotes} quote(s) over the provider's report data")
+        reports = sum(1 for name, _ in emulation.served if name == "report")
+        log(
+            f"/dev/attestation served {quotes} quote(s) and {reports} report(s) over the provider's report data"
+        )
         for line in _served_counts(http_url):
             log(f"provider metrics: {line}")
         process.send_signal(signal.SIGTERM)

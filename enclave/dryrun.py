@@ -366,6 +366,19 @@ def _view_to_host(manifest: Manifest, view_path: str) -> Path | None:
     return best[1] / rest if rest else best[1]
 
 
+#: Lines that report a file the enclave could not open: Python's OSErrors, and the provider's own
+#: errors, which name the file in quotes next to "does not exist" / "cannot read" / "cannot access".
+_FAILED_OPEN = re.compile(
+    r"(?:FileNotFoundError|PermissionError|IsADirectoryError|OSError): \[Errno \d+\] [^:\n]+: '(/[^']+)'"
+    r"|'(/[^']+)' does not exist|cannot (?:read|access|open) [^'\n]*'(/[^']+)'"
+)
+
+
+def _failed_paths(stderr: str) -> list[str]:
+    found = {next(g for g in m.groups() if g) for m in _FAILED_OPEN.finditer(stderr)}
+    return sorted(p for p in found if not p.startswith(("/proc/", "/dev/attestation/")))
+
+
 def diagnose(stderr: str, manifest: Manifest, template: Path | None, hidden: Iterable[Path]) -> list[str]:
     """Name each file the enclave failed to open and the manifest line that would have to change."""
     hidden = set(hidden)
@@ -398,13 +411,7 @@ def diagnose(stderr: str, manifest: Manifest, template: Path | None, hidden: Ite
                 f"module {module} is in no directory of the enclave's sys.path ({', '.join(search)}): add the "
                 f"distribution to the lock (make lock) or fix {template_line(template, 'loader.env.PYTHONPATH')}"
             )
-    for path in sorted(
-        set(
-            re.findall(
-                r"(?:FileNotFoundError|PermissionError|OSError): \[Errno \d+\] [^:]+: '([^']+)'", stderr
-            )
-        )
-    ):
+    for path in _failed_paths(stderr):
         host = _view_to_host(manifest, path)
         if host is None:
             findings.append(

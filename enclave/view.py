@@ -113,10 +113,10 @@ def apply(plan: dict[str, Any]) -> None:
     os.chdir(root)
     old = root / ".old-root"
     old.mkdir()
-    _check(
-        _libc.syscall(SYS_PIVOT_ROOT[platform.machine()], b".", b".old-root"),
-        "pivot_root",
-    )
+    number = SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(0, f"pivot_root: no syscall number known for {platform.machine()}")
+    _check(_libc.syscall(number, b".", b".old-root"), "pivot_root")
     os.chdir("/")
     _check(_libc.umount2(b"/.old-root", MNT_DETACH), "umount the old root")
     os.rmdir("/.old-root")

@@ -54,6 +54,7 @@ SIOCSIFFLAGS: Final = 0x8914
 IFF_UP: Final = 0x1
 DRY_RUN_ANCHOR: Final = "/dry-run/sim-root-ca.pem"
 EXIT_SKIP: Final = 77
+WORK_MARKER: Final = ".dry-run"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -485,6 +486,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .attestation import DRY_RUN_MRSIGNER, AttestationEmulation
 
+    work = args.work.resolve()
+    if work.exists() and any(work.iterdir()) and not (work / WORK_MARKER).exists():
+        raise DryRunError(f"{work} exists and is not a dry run's directory: refusing to replace it")
+    if not args.manifest.is_file():
+        raise DryRunError(f"{args.manifest} does not exist: run `make SGX=1 manifest measure` first")
     manifest = Manifest.load(args.manifest)
     try:
         _, digest_hex = measure.preview(args.manifest)
@@ -506,9 +512,9 @@ def run(args: argparse.Namespace) -> int:
         isvsvn=int(sgx.get("isvsvn", 0)),
         attributes=attributes,
     )
-    work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    (work / WORK_MARKER).write_text("a dry run's working directory: the next dry run replaces it\n")
     os.chmod(work, 0o755)
     sim = SimPlatform.init(work / "sim-state")
     catalog = RegeneratingCatalog(_SimFactory(sim), time.time)

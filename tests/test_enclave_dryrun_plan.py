@@ -165,3 +165,27 @@ def test_a_missing_shared_library(tree: Path, template: Path) -> None:
     stderr = "python3: error while loading shared libraries: libssl.so.3: cannot open shared object file\n"
     (finding,) = _diag(tree, template, stderr)
     assert "shared library libssl.so.3" in finding and "loader.env.LD_LIBRARY_PATH" in finding
+
+
+def test_the_dry_run_never_replaces_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    foreign = tmp_path / "somebodys"
+    foreign.mkdir()
+    (foreign / "data").write_text("keep me")
+    result = subprocess.run(
+        [
+            sys.executable, "-c",
+            "import sys; from enclave import dryrun; dryrun.enter_network_namespace = lambda: 'test'; "
+            "sys.exit(dryrun.main(sys.argv[1:]))",
+            "--work", str(foreign), "--manifest", str(tmp_path / "none"),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "is not a dry run's directory: refusing to replace it" in result.stderr
+    assert (foreign / "data").read_text() == "keep me"

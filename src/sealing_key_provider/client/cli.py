@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..acceptance import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
 from ..cliutil import (
     InputFileError,
     hex_arg,
@@ -36,7 +37,6 @@ from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
 from ..errors import ConfigError, ProviderError
 from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME, MAX_KEY_VERSION
-from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
 from .quote_source import (
     DEFAULT_SIM_MRTD,
     DEFAULT_SIM_RTMRS,

@@ -5,8 +5,9 @@ Nothing from the answer is used until all of these pass (the sealed box is opene
 
 1. the provider quote parses and is an SGX quote;
 2. DCAP verification with the given collateral, at the given time, chained to the verifier's anchor;
-3. the TCB status of the provider's platform is accepted and no denied advisory applies;
-4. the enclave is *the* provider: MRENCLAVE / MRSIGNER (and ISVPRODID / ISVSVN if pinned), not DEBUG;
+3. the provider's platform is acceptable by the rule the provider's own policy applies to TDs
+   (:mod:`sealing_key_provider.acceptance`): TCB status accepted, no denied advisory, not DEBUG;
+4. the enclave is *the* provider: MRENCLAVE / MRSIGNER (and ISVPRODID / ISVSVN if pinned);
 5. the quote's report data binds this answer (legacy: the ciphertext; v1: the ciphertext and the
    request context: our exact TD quote, scheme, key name, key version, policy digest);
 6. same platform: the PPID and FMSPC of the provider's verified PCK certificate equal those of the PCK
@@ -25,18 +26,17 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from ..acceptance import check_acceptable
 from ..binding import RequestContext, verify_report_data_legacy, verify_report_data_v1
 from ..collateral.source import CollateralSource, for_quote
 from ..dcap import PckIdentity, Quote, TeeType, VerifiedQuote, Verifier, parse_quote
 from ..dcap.pck import X509_ERRORS, pck_identity
 from ..errors import (
-    AdvisoryDenied,
     CollateralError,
     PlatformMismatch,
     ProviderIdentityMismatch,
     QuoteError,
     ResponseBindingInvalid,
-    TcbStatusRejected,
     UnsupportedQuote,
 )
 from ..wire import KeyResponseV1
@@ -101,17 +101,17 @@ def verify_provider_quote(
     except (QuoteError, CollateralError) as e:
         raise type(e)(f"provider quote: {e.message}", code=e.code) from None
 
-    status = verified.status.value
-    if status not in trust.accepted_tcb_statuses:
-        raise TcbStatusRejected(
-            f"provider platform TCB status {status} is not accepted "
-            f"(accepted: {', '.join(sorted(trust.accepted_tcb_statuses))})"
-        )
-    denied = [a for a in verified.advisory_ids if a in trust.denied_advisory_ids]
-    if denied:
-        raise AdvisoryDenied(f"provider platform is affected by denied advisory {denied[0]}")
-
     report = quote.enclave_report
+    check_acceptable(
+        status=verified.status,
+        advisory_ids=verified.advisory_ids,
+        debug=report.debug,
+        accepted=trust.accepted_tcb_statuses,
+        denied=trust.denied_advisory_ids,
+        allow_debug=trust.allow_debug_provider,
+        subject="provider platform",
+        debug_refused=_debug_provider_refused,
+    )
     if trust.mrenclave is not None and not hmac.compare_digest(report.mrenclave, trust.mrenclave):
         raise ProviderIdentityMismatch(
             f"provider MRENCLAVE {report.mrenclave.hex()} is not the expected {trust.mrenclave.hex()}"
@@ -128,11 +128,13 @@ def verify_provider_quote(
         raise ProviderIdentityMismatch(
             f"provider ISVSVN {report.isvsvn} is below the required minimum {trust.min_isvsvn}"
         )
-    if report.debug and not trust.allow_debug_provider:
-        raise ProviderIdentityMismatch(
-            "provider enclave has the DEBUG attribute: the host can read its memory, so its keys are not secret"
-        )
     return verified
+
+
+def _debug_provider_refused() -> ProviderIdentityMismatch:
+    return ProviderIdentityMismatch(
+        "provider enclave has the DEBUG attribute: the host can read its memory, so its keys are not secret"
+    )
 
 
 def verify_binding_legacy(verified: VerifiedQuote, encrypted_key: bytes) -> None:

@@ -26,7 +26,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache
 from operator import ge
 from typing import Generic, NamedTuple, TypeVar
@@ -86,26 +85,8 @@ from .der import (
     pem_bodies,
 )
 from .pck import X509_ERRORS, PckIdentity, pck_identity_of
+from .tcb import IDENTITY_TCB_STATUSES, TCB_STATUS_BY_NAME, TcbStatus
 from .trust import intel_sgx_root_ca
-
-
-class TcbStatus(StrEnum):
-    """Intel's TCB status names, as in TCB info JSON and QVL results."""
-
-    UP_TO_DATE = "UpToDate"
-    SW_HARDENING_NEEDED = "SWHardeningNeeded"
-    CONFIGURATION_NEEDED = "ConfigurationNeeded"
-    CONFIGURATION_AND_SW_HARDENING_NEEDED = "ConfigurationAndSWHardeningNeeded"
-    OUT_OF_DATE = "OutOfDate"
-    OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
-    REVOKED = "Revoked"
-
-
-_PLATFORM_STATUSES = frozenset(s.value for s in TcbStatus)
-#: TcbStatus by value (a dict lookup; calling the enum costs ~0.5 us). Statuses are checked against
-#: _PLATFORM_STATUSES / _IDENTITY_STATUSES before they are looked up.
-_STATUS = {s.value: s for s in TcbStatus}
-_IDENTITY_STATUSES = frozenset({"UpToDate", "OutOfDate", "Revoked"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,14 +549,14 @@ class Verifier:
             td = q.td_report
             module_level = self._check_tdx_module(td, tcb_info)
             level = self._tdx_level(td, pck.identity, tcb_info)
-            module_status = _STATUS[module_level.status] if module_level else None
-            status = _converge(_STATUS[level.status], module_status)
+            module_status = TCB_STATUS_BY_NAME[module_level.status] if module_level else None
+            status = _converge(TCB_STATUS_BY_NAME[level.status], module_status)
         else:
             module_level = None
             module_status = None
             level = self._sgx_level(pck.identity, tcb_info)
-            status = _STATUS[level.status]
-        qe_status = _STATUS[qe_level.status]
+            status = TCB_STATUS_BY_NAME[level.status]
+        qe_status = TCB_STATUS_BY_NAME[qe_level.status]
         status = _converge(status, qe_status)
 
         advisories: dict[str, None] = {}
@@ -592,7 +573,7 @@ class Verifier:
             advisory_ids=tuple(advisories),
             pck=pck.identity,
             collateral_expiry=expiry,
-            platform_status=_STATUS[level.status],
+            platform_status=TCB_STATUS_BY_NAME[level.status],
             qe_status=qe_status,
             tdx_module_status=module_status,
             tcb_date=level.tcb_date,
@@ -878,7 +859,7 @@ class Verifier:
             )
         for level in sorted(ident.tcb_levels, key=lambda lv: lv.isvsvn, reverse=True):
             if level.isvsvn <= r.isvsvn:
-                if level.status not in _IDENTITY_STATUSES:
+                if level.status not in IDENTITY_TCB_STATUSES:
                     raise CollateralMalformed(f"QE identity level has unknown status {level.status!r}")
                 return level
         raise TcbLevelNotFound(f"QE ISVSVN {r.isvsvn} is below every level of the QE identity")
@@ -915,7 +896,7 @@ class Verifier:
             return None
         for level in sorted(module.tcb_levels, key=lambda lv: lv.isvsvn, reverse=True):
             if td.tee_tcb_svn[0] >= level.isvsvn:
-                if level.status not in _IDENTITY_STATUSES:
+                if level.status not in IDENTITY_TCB_STATUSES:
                     raise CollateralMalformed(f"TDX module level has unknown status {level.status!r}")
                 return level
         raise TcbLevelNotFound(f"TDX module {module.id} SVN {td.tee_tcb_svn[0]} is below every level")
@@ -956,7 +937,7 @@ def _masked_equal(value: bytes, expected: bytes, mask: bytes) -> bool:
 
 
 def _known_status(level: TcbLevel) -> TcbLevel:
-    if level.status not in _PLATFORM_STATUSES:
+    if level.status not in TCB_STATUS_BY_NAME:
         raise CollateralMalformed(f"TCB level has unknown status {level.status!r}")
     return level
 

@@ -162,7 +162,7 @@ def test_policy_and_trust_judge_alike(
         accepted_tcb_statuses=accepted,
         denied_advisory_ids=frozenset({spelling}),
     )
-    expected = {
+    expected: dict[tuple[Scenario, tuple[str, ...] | None], str | None] = {
         (Scenario.SW_HARDENING_NEEDED, None): "ADVISORY_DENIED",
         (Scenario.UP_TO_DATE, None): None,
         (Scenario.OUT_OF_DATE, None): "TCB_STATUS_REJECTED",

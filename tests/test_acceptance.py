@@ -141,33 +141,24 @@ def _trust_code(sim: SimPlatform, trust: ProviderTrust, scenario: Scenario) -> s
 
 @pytest.mark.parametrize("spelling", ["INTEL-SA-00615", "intel-sa-00615", "Intel-SA-00615"])
 @pytest.mark.parametrize(
-    ("scenario", "statuses"),
+    ("scenario", "statuses", "expected"),
     [
-        (Scenario.SW_HARDENING_NEEDED, None),  # advisory INTEL-SA-00615
-        (Scenario.UP_TO_DATE, None),  # no advisories
-        (Scenario.OUT_OF_DATE, None),  # status refused first
-        (Scenario.OUT_OF_DATE, ["OutOfDate"]),  # OutOfDate also carries INTEL-SA-00615
-        (Scenario.SW_HARDENING_NEEDED, ["UpToDate"]),
+        (Scenario.SW_HARDENING_NEEDED, None, "ADVISORY_DENIED"),  # carries INTEL-SA-00615
+        (Scenario.UP_TO_DATE, None, None),  # no advisories
+        (Scenario.OUT_OF_DATE, None, "TCB_STATUS_REJECTED"),  # status refused first
+        (Scenario.OUT_OF_DATE, ["OutOfDate"], "ADVISORY_DENIED"),  # also carries INTEL-SA-00615
+        (Scenario.SW_HARDENING_NEEDED, ["UpToDate"], "TCB_STATUS_REJECTED"),
     ],
 )
 def test_policy_and_trust_judge_alike(
-    sim: SimPlatform, spelling: str, scenario: Scenario, statuses: list[str] | None
+    sim: SimPlatform, spelling: str, scenario: Scenario, statuses: list[str] | None, expected: str | None
 ) -> None:
     provider_quote = SimSgxPlatform.load(sim.state_dir).quote(bytes(64))
     mrenclave = parse_quote(provider_quote).enclave_report.mrenclave
     accepted = accepted_tcb_statuses(statuses) if statuses else DEFAULT_ACCEPTED_TCB_STATUSES
     policy = Policy(accepted_tcb_statuses=accepted, denied_advisory_ids=frozenset({spelling}))
     trust = ProviderTrust(
-        mrenclave=mrenclave,
-        accepted_tcb_statuses=accepted,
-        denied_advisory_ids=frozenset({spelling}),
+        mrenclave=mrenclave, accepted_tcb_statuses=accepted, denied_advisory_ids=frozenset({spelling})
     )
-    expected: dict[tuple[Scenario, tuple[str, ...] | None], str | None] = {
-        (Scenario.SW_HARDENING_NEEDED, None): "ADVISORY_DENIED",
-        (Scenario.UP_TO_DATE, None): None,
-        (Scenario.OUT_OF_DATE, None): "TCB_STATUS_REJECTED",
-        (Scenario.OUT_OF_DATE, ("OutOfDate",)): "ADVISORY_DENIED",
-        (Scenario.SW_HARDENING_NEEDED, ("UpToDate",)): "TCB_STATUS_REJECTED",
-    }[(scenario, tuple(statuses) if statuses else None)]
     assert _policy_code(sim, policy, scenario) == expected
     assert _trust_code(sim, trust, scenario) == expected

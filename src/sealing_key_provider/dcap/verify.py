@@ -22,13 +22,11 @@ CRL) is parsed once, recognised by its exact PEM body.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from operator import ge
-from typing import Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -84,6 +82,7 @@ from .der import (
     oid_text,
     pem_bodies,
 )
+from .lru import Lru
 from .pck import X509_ERRORS, PckIdentity, pck_identity_of
 from .tcb import IDENTITY_TCB_STATUSES, TCB_STATUS_BY_NAME, TcbStatus
 from .trust import intel_sgx_root_ca
@@ -121,44 +120,6 @@ class VerifiedQuote:
 
 
 # --- Small pieces ---------------------------------------------------------------------------------
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class _Lru(Generic[_K, _V]):
-    """A bounded, thread-safe LRU map; the verifier's memory must not grow with hostile input."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[_K, _V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: _K) -> _V | None:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        return None
-
-    def put(self, key: _K, value: _V) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-    def get_or_make(self, key: _K, make: Callable[[], _V]) -> _V:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        value = make()  # may raise: failures are never cached
-        with self._lock:
-            self._data[key] = value
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
-        return value
 
 
 class _Window(NamedTuple):
@@ -334,7 +295,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.checks: list[_Check] = []
-        self.commits: list[Callable[[], None]] = []
+        self.commits: list[Callable[[], object]] = []
 
     def raw(
         self, key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes, fail: Callable[[], ProviderError]
@@ -356,7 +317,7 @@ class _Batch:
             raise fail()
         self.checks.append(_Check(key, signature, tbs, fail))
 
-    def on_success(self, commit: Callable[[], None]) -> None:
+    def on_success(self, commit: Callable[[], object]) -> None:
         self.commits.append(commit)
 
     def run(self) -> None:
@@ -453,11 +414,11 @@ class Verifier:
         self._anchor_key = root.key
         self._anchor_window = root.window
         self._anchor_window_pck = root.pck_window
-        self._pck_cache: _Lru[bytes, _PckChain] = _Lru(256)
-        self._collateral_cache: _Lru[Collateral, _PreparedCollateral] = _Lru(64)
-        self._chain_cache: _Lru[bytes, tuple[Cert, ec.EllipticCurvePublicKey]] = _Lru(64)
-        self._qe_sig_cache: _Lru[tuple[bytes, bytes, bytes], bool] = _Lru(1024)
-        self._att_key_cache: _Lru[bytes, ec.EllipticCurvePublicKey] = _Lru(1024)
+        self._pck_cache: Lru[bytes, _PckChain] = Lru(256)
+        self._collateral_cache: Lru[Collateral, _PreparedCollateral] = Lru(64)
+        self._chain_cache: Lru[bytes, tuple[Cert, ec.EllipticCurvePublicKey]] = Lru(64)
+        self._qe_sig_cache: Lru[tuple[bytes, bytes, bytes], bool] = Lru(1024)
+        self._att_key_cache: Lru[bytes, ec.EllipticCurvePublicKey] = Lru(1024)
 
     @property
     def trust_anchor(self) -> x509.Certificate:

@@ -40,7 +40,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
-from ..dcap.abi import HEADER_SIZE, TD10_REPORT_SIZE, TD15_REPORT_SIZE, TEE_TYPE_TDX, BodyType
+from ..dcap.abi import (
+    HEADER_SIZE,
+    REPORT_DATA_SIZE,
+    TD10_REPORT_SIZE,
+    TD15_REPORT_SIZE,
+    TD_REPORT_DATA_OFFSET,
+    TEE_TYPE_TDX,
+    V5_BODY_DESCRIPTOR_SIZE,
+    BodyType,
+)
 from ..errors import BadRequest, ConfigError, PlatformError
 
 if TYPE_CHECKING:
@@ -48,7 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPORT_DATA_SIZE: Final = 64
 DEFAULT_TSM_ROOT: Final = "/sys/kernel/config/tsm/report"
 #: ``TSM_OUTBLOB_MAX`` in the kernel: an outblob larger than this cannot come from configfs-tsm.
 MAX_OUTBLOB_SIZE: Final = 32 * 1024
@@ -58,10 +66,6 @@ TDX_PROVIDER: Final = "tdx_guest"
 #: ``generation`` is a decimal counter and ``provider`` a short name; read a bounded amount of each.
 _SMALL_ATTRIBUTE_LIMIT: Final = 64
 _MEASUREMENT_SIZE: Final = 48
-#: Where a TD report body's REPORTDATA sits (after TEE_TCB_SVN, MRSEAM, ..., RTMR3), for 1.0 and 1.5.
-_TD_REPORT_DATA_OFFSET: Final = 520
-#: A v5 quote has a body descriptor (u16 type, u32 size) between the header and the body.
-_V5_BODY_DESCRIPTOR_SIZE: Final = 6
 
 #: errno values that mean "no TSM provider can serve this", not "this attempt failed".
 _UNAVAILABLE_ERRNOS: Final = frozenset(
@@ -125,18 +129,18 @@ def tdx_quote_report_data(quote: bytes) -> bytes | None:
     if version == 4:
         body_start, body_size = HEADER_SIZE, TD10_REPORT_SIZE
     elif version == 5:
-        if len(quote) < HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE:
+        if len(quote) < HEADER_SIZE + V5_BODY_DESCRIPTOR_SIZE:
             return None
         body_type, body_size = struct.unpack_from("<HI", quote, HEADER_SIZE)
         expected = {int(BodyType.TD10): TD10_REPORT_SIZE, int(BodyType.TD15): TD15_REPORT_SIZE}.get(body_type)
         if expected is None or body_size != expected:
             return None
-        body_start = HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE
+        body_start = HEADER_SIZE + V5_BODY_DESCRIPTOR_SIZE
     else:
         return None
     if len(quote) < body_start + body_size:
         return None
-    start = body_start + _TD_REPORT_DATA_OFFSET
+    start = body_start + TD_REPORT_DATA_OFFSET
     return quote[start : start + REPORT_DATA_SIZE]
 
 

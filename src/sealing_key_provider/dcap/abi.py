@@ -21,6 +21,12 @@ TD10_REPORT_SIZE = 584
 TD15_REPORT_SIZE = 648
 ECDSA_SIG_SIZE = 64
 ECDSA_KEY_SIZE = 64
+#: REPORTDATA: 64 bytes at these offsets of an SGX report body and a TD report body (TDX 1.0 and 1.5).
+REPORT_DATA_SIZE = 64
+SGX_REPORT_DATA_OFFSET = 320
+TD_REPORT_DATA_OFFSET = 520
+#: A v5 quote's body descriptor between header and body: u16 body type, u32 body size.
+V5_BODY_DESCRIPTOR_SIZE = 6
 
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 ATT_KEY_TYPE_ECDSA_P256 = 2
@@ -33,6 +39,11 @@ CERT_TYPE_QE_REPORT = 6
 #: A DCAP quote is about 5 KiB; configfs-tsm caps outblobs at 32 KiB. Anything larger is refused
 #: before it is looked at, so a hostile length field can never make us walk megabytes.
 MAX_QUOTE_SIZE = 64 * 1024
+
+#: EGETKEY's KEYPOLICY choices by name: a sealing key bound to the enclave's MRENCLAVE (one exact
+#: build) or to its MRSIGNER and ISVPRODID (every build of that signer). The configuration, the Gramine
+#: platform and the simulator all accept exactly these.
+SEAL_KEY_POLICIES = ("mrenclave", "mrsigner")
 
 SGX_FLAG_DEBUG = 0x02
 TD_ATTR_DEBUG = 0x01
@@ -230,7 +241,7 @@ def parse_enclave_report(raw: bytes) -> EnclaveReport:
         isvsvn=isvsvn,
         configsvn=configsvn,
         isvfamilyid=raw[304:320],
-        report_data=raw[320:384],
+        report_data=raw[SGX_REPORT_DATA_OFFSET : SGX_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
         raw=raw,
     )
 
@@ -254,7 +265,7 @@ def parse_td_report(raw: bytes) -> TdReport:
         rtmr1=raw[376:424],
         rtmr2=raw[424:472],
         rtmr3=raw[472:520],
-        report_data=raw[520:584],
+        report_data=raw[TD_REPORT_DATA_OFFSET : TD_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
         tee_tcb_svn2=raw[584:600] if v15 else None,
         mrservicetd=raw[600:648] if v15 else None,
         raw=raw,

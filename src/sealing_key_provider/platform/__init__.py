@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
+from ..dcap.abi import REPORT_DATA_SIZE
+
 if TYPE_CHECKING:
     from ..config import PlatformConfig
 
-REPORT_DATA_SIZE: Final = 64
 SEALING_KEY_SIZE: Final = 16
 
 

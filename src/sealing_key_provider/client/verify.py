@@ -24,13 +24,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from cryptography import x509
-
 from ..acceptance import check_acceptable
 from ..binding import RequestContext, verify_report_data_legacy, verify_report_data_v1
 from ..collateral.source import CollateralSource, for_quote
 from ..dcap import PckIdentity, Quote, TeeType, VerifiedQuote, Verifier, parse_quote
-from ..dcap.pck import X509_ERRORS, pck_identity
+from ..dcap.pck import pck_leaf_identity
 from ..errors import (
     CollateralError,
     PlatformMismatch,
@@ -42,9 +40,6 @@ from ..errors import (
 from ..wire import KeyResponseV1
 from .errors import TdQuoteInvalid
 from .trust import ProviderTrust
-
-#: A TD quote whose PCK certificate cannot be read: cryptography's parse errors, or none at all.
-_PCK_READ_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, IndexError, QuoteError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +66,9 @@ def inspect_td_quote(td_quote: bytes, report_data: bytes) -> TdQuoteInfo:
     if not hmac.compare_digest(parsed.td_report.report_data, report_data):
         raise TdQuoteInvalid("the TD quote does not carry the report data it was asked for")
     try:
-        leaf = x509.load_pem_x509_certificates(parsed.pck_chain_pem)[0]
-        pck = pck_identity(leaf)
-    except _PCK_READ_ERRORS as e:
-        detail = e.message if isinstance(e, QuoteError) else "no readable PCK certificate chain"
-        raise TdQuoteInvalid(f"the TD quote carries no usable PCK certificate: {detail}") from None
+        pck = pck_leaf_identity(parsed.pck_chain_pem)
+    except QuoteError as e:
+        raise TdQuoteInvalid(f"the TD quote carries no usable PCK certificate: {e.message}") from None
     return TdQuoteInfo(td_quote, parsed, pck)
 
 

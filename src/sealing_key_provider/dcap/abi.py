@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from ..errors import QuoteMalformed, UnsupportedQuote
 
@@ -284,50 +285,45 @@ def _strip_pem(data: bytes) -> bytes:
     return data.rstrip(b"\x00")
 
 
-def parse_quote(data: bytes) -> Quote:
-    """Parse a DCAP quote (v3, v4 or v5) without verifying anything cryptographic."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise QuoteMalformed("quote must be bytes")
-    data = bytes(data)
-    if len(data) > MAX_QUOTE_SIZE:
-        raise QuoteMalformed(f"quote is {len(data)} bytes, more than the {MAX_QUOTE_SIZE}-byte limit")
-    if len(data) < HEADER_SIZE:
-        raise QuoteMalformed(f"quote truncated: {len(data)} bytes is shorter than the 48-byte header")
-    header = parse_header(data)
-    r = _Reader(data, HEADER_SIZE)
-
+def _body_type(header: QuoteHeader, r: _Reader) -> BodyType:
+    """The body's type: implied by version and TEE type (v3, v4), or read from a v5 body descriptor."""
     if header.version == 3:
         if header.tee_type != TeeType.SGX:
             raise UnsupportedQuote("a version 3 quote must be an SGX quote")
-        body_type = BodyType.SGX
-    elif header.version == 4:
-        body_type = BodyType.TD10 if header.tee_type == TeeType.TDX else BodyType.SGX
-    else:
-        raw_type = r.u16("body type")
-        body_size = r.u32("body size")
-        if raw_type not in (1, 2, 3):
-            raise UnsupportedQuote(f"quote v5 body type {raw_type} is not supported (1, 2 or 3)")
-        body_type = BodyType(raw_type)
-        if (body_type == BodyType.SGX) != (header.tee_type == TeeType.SGX):
-            raise QuoteMalformed(f"quote v5 body type {raw_type} contradicts TEE type {header.tee_type:#x}")
-        if body_size != _BODY_SIZES[body_type]:
-            raise QuoteMalformed(
-                f"quote v5 body size {body_size} does not match body type {raw_type} "
-                f"({_BODY_SIZES[body_type]} bytes)"
-            )
+        return BodyType.SGX
+    if header.version == 4:
+        return BodyType.TD10 if header.tee_type == TeeType.TDX else BodyType.SGX
+    raw_type = r.u16("body type")
+    body_size = r.u32("body size")
+    if raw_type not in (1, 2, 3):
+        raise UnsupportedQuote(f"quote v5 body type {raw_type} is not supported (1, 2 or 3)")
+    body_type = BodyType(raw_type)
+    if (body_type == BodyType.SGX) != (header.tee_type == TeeType.SGX):
+        raise QuoteMalformed(f"quote v5 body type {raw_type} contradicts TEE type {header.tee_type:#x}")
+    if body_size != _BODY_SIZES[body_type]:
+        raise QuoteMalformed(
+            f"quote v5 body size {body_size} does not match body type {raw_type} "
+            f"({_BODY_SIZES[body_type]} bytes)"
+        )
+    return body_type
 
-    body_raw = r.take(_BODY_SIZES[body_type], "report body")
-    body: EnclaveReport | TdReport = (
-        parse_enclave_report(body_raw) if body_type == BodyType.SGX else parse_td_report(body_raw)
-    )
-    signed_end = r.pos
-    sig_len = r.u32("signature data length")
-    sig = _Reader(r.take(sig_len, "signature data"))
 
+class _SignatureData(NamedTuple):
+    signature: bytes
+    attestation_key: bytes
+    qe_report: EnclaveReport
+    qe_report_signature: bytes
+    qe_auth_data: bytes
+    pck_chain: bytes
+
+
+def _signature_data(sig: _Reader, version: int) -> _SignatureData:
+    """The quote's signature data: the quote signature and attestation key, then (directly in v3,
+    inside certification data of type 6 in v4/v5) the QE report, its signature, the QE
+    authentication data and the PCK certificate chain. Every byte must be accounted for."""
     signature = sig.take(ECDSA_SIG_SIZE, "quote signature")
     attestation_key = sig.take(ECDSA_KEY_SIZE, "attestation key")
-
-    if header.version == 3:
+    if version == 3:
         cert = sig
     else:
         outer_type = sig.u16("certification data type")
@@ -352,19 +348,40 @@ def parse_quote(data: bytes) -> Quote:
     chain = cert.take(cert_size, "PCK certificate chain")
     if cert.pos != len(cert.buf):
         raise QuoteMalformed(f"{len(cert.buf) - cert.pos} unexpected bytes after the PCK certificate chain")
-    if header.version != 3 and sig.pos != len(sig.buf):
+    if version != 3 and sig.pos != len(sig.buf):
         raise QuoteMalformed(f"{len(sig.buf) - sig.pos} unexpected bytes after the certification data")
+    return _SignatureData(signature, attestation_key, qe_report, qe_report_signature, qe_auth_data, chain)
 
+
+def parse_quote(data: bytes) -> Quote:
+    """Parse a DCAP quote (v3, v4 or v5) without verifying anything cryptographic."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise QuoteMalformed("quote must be bytes")
+    data = bytes(data)
+    if len(data) > MAX_QUOTE_SIZE:
+        raise QuoteMalformed(f"quote is {len(data)} bytes, more than the {MAX_QUOTE_SIZE}-byte limit")
+    if len(data) < HEADER_SIZE:
+        raise QuoteMalformed(f"quote truncated: {len(data)} bytes is shorter than the 48-byte header")
+    header = parse_header(data)
+    r = _Reader(data, HEADER_SIZE)
+    body_type = _body_type(header, r)
+    body_raw = r.take(_BODY_SIZES[body_type], "report body")
+    body: EnclaveReport | TdReport = (
+        parse_enclave_report(body_raw) if body_type == BodyType.SGX else parse_td_report(body_raw)
+    )
+    signed_end = r.pos
+    sig_len = r.u32("signature data length")
+    sd = _signature_data(_Reader(r.take(sig_len, "signature data")), header.version)
     return Quote(
         header=header,
         body_type=body_type,
         body=body,
-        signature=signature,
-        attestation_key=attestation_key,
-        qe_report=qe_report,
-        qe_report_signature=qe_report_signature,
-        qe_auth_data=qe_auth_data,
-        pck_chain_pem=_strip_pem(chain),
+        signature=sd.signature,
+        attestation_key=sd.attestation_key,
+        qe_report=sd.qe_report,
+        qe_report_signature=sd.qe_report_signature,
+        qe_auth_data=sd.qe_auth_data,
+        pck_chain_pem=_strip_pem(sd.pck_chain),
         signed_data=data[:signed_end],
         size=r.pos,
     )

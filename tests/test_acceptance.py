@@ -18,9 +18,8 @@ from sealing_key_provider.client.verify import verify_provider_quote
 from sealing_key_provider.collateral.source import for_quote
 from sealing_key_provider.dcap import TcbStatus, Verifier, parse_quote
 from sealing_key_provider.errors import ConfigError, ProviderError, TdDebug
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
-from sealing_key_provider.sim import Scenario, SimPlatform
+from sealing_key_provider.sim import Scenario, SimPlatform, SimSgxPlatform
 
 from .client_helpers import SimSource, SimTd
 

@@ -29,7 +29,7 @@ from ..dcap.abi import (
     SGX_REPORT_DATA_OFFSET,
 )
 from ..errors import PlatformError, RestartRequired
-from . import SEALING_KEY_SIZE, check_report_data
+from .base import SEALING_KEY_SIZE, check_report_data
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..atomicfile import write_atomically
 from ..collateral.pccs_client import DEFAULT_TIMEOUT, PccsClient
 from ..collateral.source import CollateralKey, bundle_json, for_quote
 from ..dcap.abi import parse_quote
 from ..dcap.collateral import Collateral
 from ..errors import ConfigError, ProviderError
-from .common import InputFileError, read_input_file, usage_error, write_atomically
+from .common import InputFileError, read_input_file, usage_error
 
 if TYPE_CHECKING:
     from ..sim import SimPlatform

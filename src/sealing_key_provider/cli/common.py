@@ -1,4 +1,4 @@
-"""Helpers every subcommand shares: exit codes, error reports and whole-file writes.
+"""Helpers every subcommand shares: exit codes, error reports, input files and the trust anchor.
 
 Exit codes are the CLI's contract: 0 success, 1 the operation failed (a check did not pass; the message
 starts with the error code), 2 usage errors.
@@ -7,14 +7,13 @@ starts with the error code), 2 usage errors.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..anchor import load_verifier
 from ..dcap import Verifier
-from ..errors import ProviderError
+from ..errors import ConfigError, ProviderError
 
 PROG = "sealing-key-provider"
 
@@ -45,14 +44,12 @@ def read_input_file(path: str | Path, what: str, limit: int = MAX_INPUT_FILE) ->
 
 def verifier_for_anchor(path: str | None) -> Verifier:
     """The DCAP verifier: the pinned Intel root, or the ``--trust-anchor`` file (PEM or DER), read and
-    checked up front so an unusable one is an :class:`InputFileError` (exit 2) before anything is sent."""
-    if path is None:
-        return Verifier()
-    data = read_input_file(path, "trust anchor")
+    checked up front (:func:`~sealing_key_provider.anchor.load_verifier`) so an unusable one is an
+    :class:`InputFileError` (exit 2) before anything is sent."""
     try:
-        return Verifier(trust_anchor=data)
-    except ProviderError as e:  # not a certificate, or not a P-256 key: the message says which
-        raise InputFileError(f"trust anchor {path} is not a usable root CA certificate: {e.message}") from e
+        return load_verifier(path)
+    except ConfigError as e:
+        raise InputFileError(e.message) from e
 
 
 def usage_error(message: str, prog: str = PROG) -> int:
@@ -67,22 +64,6 @@ def report_failure(error: ProviderError | OSError, prefix: str = f"{PROG}: ") ->
     else:
         print(f"{prefix}{error.filename or ''}: {error.strerror}", file=sys.stderr)
     return 1
-
-
-def write_atomically(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` whole or not at all: a temporary sibling, fsync, then a rename over ``path``."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def hex_arg(size: int | None = None, max_size: int | None = None) -> Callable[[str], bytes]:

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomicfile import write_atomically
 from ..dcap.abi import BodyType
 from ..errors import ProviderError
 from ..sim.collateral import Scenario
 from ..sim.platform import DEBUG_SGX_ATTRIBUTES, DEFAULT_SGX_ATTRIBUTES, SgxEnclaveIdentity, SimPlatform
 from ..sim.state import default_state_dir
-from .common import hex_arg, report_failure, u16_arg, usage_error, write_atomically
+from .common import hex_arg, report_failure, u16_arg, usage_error
 
 _hex = hex_arg
 _u16 = u16_arg

@@ -531,3 +531,12 @@ def test_a_certificate_whose_point_is_off_the_curve_is_refused_through_either_ke
     with pytest.raises(ProviderError) as err:
         Verifier().verify(fake, c.collateral, c.now)
     assert err.value.code == "PCK_CHAIN_INVALID"
+
+
+def test_same_platform_is_ppid_and_fmspc() -> None:
+    chain = parse_quote(case("tdx-v4-phala-1").quote).pck_chain_pem
+    me = pck_leaf_identity(chain)
+    assert me.same_platform(me)
+    assert me.same_platform(dataclasses.replace(me, pcesvn=me.pcesvn + 1, cpusvn=bytes(16)))  # newer TCB
+    assert not me.same_platform(dataclasses.replace(me, ppid=bytes(16)))
+    assert not me.same_platform(dataclasses.replace(me, fmspc=bytes(6)))

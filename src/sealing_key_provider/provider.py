@@ -334,7 +334,7 @@ class Provider:
         verified = self._verifier.verify(quote, collateral, now)
         # Same platform before policy: TDs of other machines never reach policy code (nor learn the
         # policy from its error codes).
-        if verified.pck.ppid != mine.pck.ppid or verified.pck.fmspc != mine.pck.fmspc:
+        if not verified.pck.same_platform(mine.pck):
             raise PlatformMismatch(
                 "the TD runs on another platform: its PCK certificate has another PPID or FMSPC than the "
                 "provider's"

@@ -187,7 +187,7 @@ def verify_binding_v1(
 def verify_same_platform(verified: VerifiedQuote, td: TdQuoteInfo) -> None:
     """Step 6: the provider's (verified) PCK identity names the TD's platform."""
     mine, theirs = td.pck, verified.pck
-    if not hmac.compare_digest(mine.ppid, theirs.ppid) or mine.fmspc != theirs.fmspc:
+    if not mine.same_platform(theirs):
         raise PlatformMismatch(
             "the provider runs on another platform: its PCK certificate has PPID/FMSPC "
             f"{theirs.ppid.hex()}/{theirs.fmspc.hex().upper()}, this TD's has "

@@ -7,6 +7,7 @@ read here is the real one, which the provider compares across the TD's and its o
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -205,6 +206,14 @@ class PckIdentity:
     dynamic_platform: bool | None = None
     cached_keys: bool | None = None
     smt_enabled: bool | None = None
+
+    def same_platform(self, other: PckIdentity) -> bool:
+        """Both identities name one machine: equal PPID (compared in constant time) and FMSPC.
+
+        The one "same platform" rule: the provider applies it to a TD's verified PCK identity, the TD
+        to the provider's. (The TCB may differ: a PCK certificate of the same machine can be newer.)
+        """
+        return hmac.compare_digest(self.ppid, other.ppid) and self.fmspc == other.fmspc
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
 
 from ..errors import QuoteMalformed, UnsupportedQuote
 
@@ -26,6 +25,8 @@ ECDSA_KEY_SIZE = 64
 REPORT_DATA_SIZE = 64
 SGX_REPORT_DATA_OFFSET = 320
 TD_REPORT_DATA_OFFSET = 520
+_SGX_REPORT_DATA = slice(SGX_REPORT_DATA_OFFSET, SGX_REPORT_DATA_OFFSET + REPORT_DATA_SIZE)
+_TD_REPORT_DATA = slice(TD_REPORT_DATA_OFFSET, TD_REPORT_DATA_OFFSET + REPORT_DATA_SIZE)
 #: A v5 quote's body descriptor between header and body: u16 body type, u32 body size.
 V5_BODY_DESCRIPTOR_SIZE = 6
 
@@ -242,7 +243,7 @@ def parse_enclave_report(raw: bytes) -> EnclaveReport:
         isvsvn=isvsvn,
         configsvn=configsvn,
         isvfamilyid=raw[304:320],
-        report_data=raw[SGX_REPORT_DATA_OFFSET : SGX_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
+        report_data=raw[_SGX_REPORT_DATA],
         raw=raw,
     )
 
@@ -266,7 +267,7 @@ def parse_td_report(raw: bytes) -> TdReport:
         rtmr1=raw[376:424],
         rtmr2=raw[424:472],
         rtmr3=raw[472:520],
-        report_data=raw[TD_REPORT_DATA_OFFSET : TD_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
+        report_data=raw[_TD_REPORT_DATA],
         tee_tcb_svn2=raw[584:600] if v15 else None,
         mrservicetd=raw[600:648] if v15 else None,
         raw=raw,
@@ -308,13 +309,9 @@ def _body_type(header: QuoteHeader, r: _Reader) -> BodyType:
     return body_type
 
 
-class _SignatureData(NamedTuple):
-    signature: bytes
-    attestation_key: bytes
-    qe_report: EnclaveReport
-    qe_report_signature: bytes
-    qe_auth_data: bytes
-    pck_chain: bytes
+#: Quote signature, attestation key, QE report, QE report signature, QE authentication data, PCK chain
+#: (a plain tuple: parse_quote runs on every verification, warm ones included).
+_SignatureData = tuple[bytes, bytes, "EnclaveReport", bytes, bytes, bytes]
 
 
 def _signature_data(sig: _Reader, version: int) -> _SignatureData:
@@ -350,7 +347,7 @@ def _signature_data(sig: _Reader, version: int) -> _SignatureData:
         raise QuoteMalformed(f"{len(cert.buf) - cert.pos} unexpected bytes after the PCK certificate chain")
     if version != 3 and sig.pos != len(sig.buf):
         raise QuoteMalformed(f"{len(sig.buf) - sig.pos} unexpected bytes after the certification data")
-    return _SignatureData(signature, attestation_key, qe_report, qe_report_signature, qe_auth_data, chain)
+    return signature, attestation_key, qe_report, qe_report_signature, qe_auth_data, chain
 
 
 def parse_quote(data: bytes) -> Quote:
@@ -371,17 +368,19 @@ def parse_quote(data: bytes) -> Quote:
     )
     signed_end = r.pos
     sig_len = r.u32("signature data length")
-    sd = _signature_data(_Reader(r.take(sig_len, "signature data")), header.version)
+    signature, attestation_key, qe_report, qe_report_signature, qe_auth_data, chain = _signature_data(
+        _Reader(r.take(sig_len, "signature data")), header.version
+    )
     return Quote(
         header=header,
         body_type=body_type,
         body=body,
-        signature=sd.signature,
-        attestation_key=sd.attestation_key,
-        qe_report=sd.qe_report,
-        qe_report_signature=sd.qe_report_signature,
-        qe_auth_data=sd.qe_auth_data,
-        pck_chain_pem=_strip_pem(sd.pck_chain),
+        signature=signature,
+        attestation_key=attestation_key,
+        qe_report=qe_report,
+        qe_report_signature=qe_report_signature,
+        qe_auth_data=qe_auth_data,
+        pck_chain_pem=_strip_pem(chain),
         signed_data=data[:signed_end],
         size=r.pos,
     )

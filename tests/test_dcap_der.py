@@ -244,11 +244,12 @@ def test_pck_chain_with_an_impostor_intermediate_is_refused_cold_and_warm() -> N
         assert err.value.code == "PCK_CHAIN_INVALID"
 
 
-def test_crl_reader_agrees_with_cryptography() -> None:
-    from sealing_key_provider.dcap.pck import encode_oid
-
-    for c in cases():
-        col = c.collateral
+def test_crl_reader_agrees_with_cryptography(tmp_path: Path) -> None:
+    sim = SimPlatform.init(tmp_path)
+    collaterals = [c.collateral for c in cases()] + [
+        sim.collateral(tee, now=1_780_000_000) for tee in ("sgx", "tdx")
+    ]
+    for col in collaterals:
         for raw in (col.root_ca_crl, col.pck_crl):
             pem = raw.startswith(b"-----BEGIN")
             data = x509.load_pem_x509_crl(raw).public_bytes(Encoding.DER) if pem else raw

@@ -32,7 +32,7 @@ import nacl.exceptions
 import nacl.public
 
 from ..collateral.source import CollateralSource
-from ..dcap import VerifiedQuote, Verifier
+from ..dcap import TcbStatus, VerifiedQuote, Verifier
 from ..errors import DecryptionFailed, ProviderError
 from ..freshness import token_binding
 from ..keys import (
@@ -75,9 +75,10 @@ class ProviderKey:
     provider_mrenclave: bytes
     provider_mrsigner: bytes
     provider_ppid: bytes
-    provider_tcb_status: str
+    provider_tcb_status: TcbStatus
     provider_advisory_ids: tuple[str, ...]
-    #: What the provider applied to this TD (v1 only; None on the legacy protocol).
+    #: What the provider applied to this TD (v1 only; None on the legacy protocol): a TCB status as
+    #: the provider sent it (its wire string; "Unverified" from a development-mode provider).
     td_tcb_status: str | None
     policy_digest: bytes | None
 
@@ -234,7 +235,7 @@ class KeyClient:
             provider_mrenclave=report.mrenclave,
             provider_mrsigner=report.mrsigner,
             provider_ppid=verified.pck.ppid,
-            provider_tcb_status=verified.status.value,
+            provider_tcb_status=verified.status,
             provider_advisory_ids=verified.advisory_ids,
             td_tcb_status=answer.v1.tcb_status if answer.v1 is not None else None,
             policy_digest=answer.v1.policy_digest if answer.v1 is not None else None,

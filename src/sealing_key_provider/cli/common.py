@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..anchor import load_verifier
 from ..dcap import Verifier
 from ..errors import ConfigError, ProviderError
 
@@ -46,6 +45,8 @@ def verifier_for_anchor(path: str | None) -> Verifier:
     """The DCAP verifier: the pinned Intel root, or the ``--trust-anchor`` file (PEM or DER), read and
     checked up front (:func:`~sealing_key_provider.anchor.load_verifier`) so an unusable one is an
     :class:`InputFileError` (exit 2) before anything is sent."""
+    from ..anchor import load_verifier  # the verifier (and cryptography) only for commands that verify
+
     try:
         return load_verifier(path)
     except ConfigError as e:

@@ -33,6 +33,7 @@ from ..client.trust import ProviderTrust
 from ..collateral import CollateralSource, FileSource
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
+from ..dcap.tcb import TcbStatus
 from ..errors import ConfigError, ProviderError
 from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME, MAX_KEY_VERSION
 from .common import (
@@ -351,7 +352,7 @@ def register(subparsers: Any) -> None:
     ident.add_argument(
         "--accept-tcb-status",
         action="append",
-        choices=sorted(KNOWN_TCB_STATUSES - {"Revoked"}),
+        choices=sorted(KNOWN_TCB_STATUSES - {TcbStatus.REVOKED}),
         metavar="STATUS",
         help="a TCB status of the provider's platform to accept (repeatable; default: "
         + ", ".join(sorted(DEFAULT_ACCEPTED_TCB_STATUSES))

@@ -78,6 +78,15 @@ def test_advisory_lists_are_refused_alike_by_policy_and_trust(bad: str) -> None:
         Policy(denied_advisory_ids=frozenset({bad}))
 
 
+def test_a_single_string_is_not_a_list() -> None:
+    with pytest.raises(ValueError, match="list"):
+        accepted_tcb_statuses("UpToDate")
+    with pytest.raises(ValueError, match="list"):
+        denied_advisory_ids("INTEL-SA-00615")
+    with pytest.raises(ValueError, match="list"):
+        ProviderTrust.from_hex(mrenclave="00" * 32, denied_advisory_ids="INTEL-SA-00615")
+
+
 def test_advisory_ids_match_case_insensitively() -> None:
     denied = denied_advisory_ids(["intel-sa-00615", "INTEL-SA-00289"])
     assert denied == {"INTEL-SA-00615", "INTEL-SA-00289"}

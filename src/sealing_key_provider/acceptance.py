@@ -38,6 +38,8 @@ _ADVISORY_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 def accepted_tcb_statuses(values: Iterable[str]) -> frozenset[TcbStatus]:
     """The statuses named by ``values`` (Intel's names); ValueError if one is unknown or ``Revoked``,
     or if none is given (a policy that accepts nothing is a mistake, not a lock)."""
+    if isinstance(values, str):  # one name is not a list of names (it would be one per character)
+        raise ValueError(f"TCB statuses must be a list of names, not the string {values!r}")
     names = list(values)
     unknown = sorted({str(v) for v in names} - TCB_STATUS_BY_NAME.keys())
     if unknown:
@@ -58,6 +60,8 @@ def advisory_id(value: str) -> str:
 
 def denied_advisory_ids(values: Iterable[str]) -> frozenset[str]:
     """A deny list in compared form; ValueError if an entry is not an advisory ID."""
+    if isinstance(values, str):
+        raise ValueError(f"advisory IDs must be a list of IDs, not the string {values!r}")
     out = set()
     for value in values:
         if not isinstance(value, str) or not _ADVISORY_RE.fullmatch(value):

@@ -111,7 +111,7 @@ class ProviderTrust:
             isvprodid=isvprodid,
             min_isvsvn=min_isvsvn,
             accepted_tcb_statuses=acceptance.accepted_tcb_statuses(accepted_tcb_statuses),
-            denied_advisory_ids=frozenset(denied_advisory_ids),
+            denied_advisory_ids=acceptance.denied_advisory_ids(denied_advisory_ids),
             expected_policy_digest=_hex(expected_policy_digest, "policy digest", POLICY_DIGEST_SIZE),
             allow_debug_provider=allow_debug_provider,
             allow_dev_mode_provider=allow_dev_mode_provider,

@@ -244,7 +244,9 @@ class _TdSide:
     def client(self, source: SimTdQuoteSource, legacy: bool = False) -> KeyClient:
         if legacy:
             address = f"127.0.0.1:{self.served.legacy_port}"
-            return KeyClient.legacy(address, self.trust, self.verifier, self.collateral, source)
+            return KeyClient.legacy(
+                address, self.trust, self.verifier, self.collateral, source, allow_unbound_legacy=True
+            )
         return KeyClient.http(self.served.provider_url, self.trust, self.verifier, self.collateral, source)
 
 

@@ -12,13 +12,13 @@ Failures are never cached and a failed refresh never falls back to an expired en
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from ..dcap.collateral import Collateral, parse_enclave_identity, parse_tcb_info
+from ..dcap.lru import Lru
 from ..errors import CollateralMalformed
 from .source import CollateralKey, CollateralSource, check_key
 
@@ -89,10 +89,9 @@ class CachingSource:
             raise ValueError("max_entries must be positive")
         self._inner = inner
         self._clock = clock
-        self._max_entries = max_entries
         self._max_age = max_age
         self._lock = threading.Lock()
-        self._entries: OrderedDict[CollateralKey, _Entry] = OrderedDict()
+        self._entries: Lru[CollateralKey, _Entry] = Lru(max_entries)
         self._fetch_locks: dict[CollateralKey, threading.Lock] = {}
         self._hits = 0
         self._misses = 0
@@ -104,9 +103,8 @@ class CachingSource:
         if entry is None:
             return None
         if now >= entry.expires:
-            del self._entries[key]
+            self._entries.pop(key)
             return None
-        self._entries.move_to_end(key)
         self._hits += 1
         return entry.collateral
 
@@ -138,11 +136,9 @@ class CachingSource:
                 expires = min(expires, now + self._max_age)
             with self._lock:
                 if now < expires:
-                    self._entries[key] = _Entry(collateral, expires)
-                    self._entries.move_to_end(key)
-                    while len(self._entries) > self._max_entries:
-                        evicted, _ = self._entries.popitem(last=False)
-                        self._fetch_locks.pop(evicted, None)
+                    evicted = self._entries.put(key, _Entry(collateral, expires))
+                    if evicted is not None:
+                        self._fetch_locks.pop(evicted[0], None)
                 if key not in self._entries:
                     # Already expired (the verifier will say so): not cached, and no lock kept for it.
                     self._fetch_locks.pop(key, None)

@@ -152,12 +152,27 @@ async def _serve(config: Config) -> int:
     return await server.serve()
 
 
+def startup_error(error: BaseException) -> ProviderError:
+    """A start-up failure as a coded error: ours as they are, the operating system's as
+    ``CONFIG_INVALID`` naming the path (a directory that cannot be created, a file that cannot be
+    read: the deployment's to fix), anything else as ``INTERNAL_ERROR`` with its type only."""
+    if isinstance(error, ProviderError):
+        return error
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return ConfigError(f"cannot use{where}: {error.strerror or type(error).__name__}")
+    return ProviderError(f"unexpected {type(error).__name__} during start-up")
+
+
 def run(args: argparse.Namespace) -> int:
+    """``serve``: exit 0 after a clean stop; 1 with one ``start-up failed code=…`` line (no traceback)
+    when anything fails before the listeners are up, or with the restart line for RESTART_REQUIRED."""
     try:
         config, note = load_config(args)
-    except ProviderError as e:
+    except Exception as e:
         configure_logging(LoggingConfig())
-        log.error("start-up failed code=%s reason=%s", e.code, e.message)
+        error = startup_error(e)
+        log.error("start-up failed code=%s reason=%s", error.code, error.message)
         return 1
     configure_logging(config.logging)
     if note is not None:
@@ -173,14 +188,12 @@ def run(args: argparse.Namespace) -> int:
     except RestartRequired as e:
         log.critical(RESTART_MESSAGE, e.code, e.message)
         return 1
-    except ConfigError as e:
-        log.error("start-up failed code=%s reason=%s", e.code, e.message)
-        return 1
-    except ProviderError as e:
-        log.error("start-up failed code=%s reason=%s", e.code, e.message)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        error = startup_error(e)
+        log.error("start-up failed code=%s reason=%s", error.code, error.message)
+        return 1
     finally:
         logging.shutdown()
         sys.stderr.flush()

@@ -163,6 +163,7 @@ def test_a_full_budget_evicts_the_oldest_idle_connection_of_the_biggest_holder()
     cut: list[str] = []
     evicted: list[str] = []
     admission = Admission(4, 3, on_evict=lambda t: evicted.append(t.address))
+
     def cutter(name: str) -> Callable[[], None]:
         return lambda: cut.append(name)
 

@@ -147,7 +147,8 @@ class ProviderServer:
 
     def request_stop_threadsafe(self, exit_code: int = 0) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.request_stop, exit_code)
+            with contextlib.suppress(RuntimeError):  # the loop is already closed: stopped already
+                self._loop.call_soon_threadsafe(self.request_stop, exit_code)
 
     def _on_fatal(self, error: RestartRequired) -> None:
         del error  # already logged by the service

@@ -15,7 +15,9 @@ for kept-alive connections.
   chunked encoding) get the JSON error body and code (``BAD_REQUEST``, ``REQUEST_TOO_LARGE``) and the
   connection is closed. A TLS ClientHello is closed without a byte: no HTTP answer can reach a TLS
   client. All are logged with their code, summarised.
-- **Bodies** are read only when the app asks for them; the app bounds their size and time.
+- **Bodies** are read only when the app asks for them; the app bounds their size and time. An answer
+  given before the body was read says ``Connection: close``, and the connection lingers briefly,
+  dropping input, so the kernel does not reset it before the client has read the answer.
 - **Stopping** is the :class:`~.listener.Listener`'s: idle connections are closed at once, active
   ones finish within the grace period, a second signal cuts them.
 """
@@ -49,6 +51,8 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Largest request head (request line + headers).
 MAX_HTTP_HEAD: Final = 16 * 1024
 _READ_SIZE: Final = 64 * 1024
+#: Seconds a connection closed after an early answer keeps reading (and dropping) the client's input.
+LINGER_SECONDS: Final = 2.0
 #: First bytes of a TLS handshake record (ClientHello): a TLS client on the plain-HTTP port.
 _TLS_RECORD: Final = b"\x16\x03"
 
@@ -98,6 +102,7 @@ class HttpServer(Listener):
             except ProviderError as e:
                 self.service.refused_cheaply(self.name, e, conn.peer)
                 await self._write(conn, error_bytes(e))
+                await self._linger(conn)
                 return
             if request is None:
                 return
@@ -105,8 +110,27 @@ class HttpServer(Listener):
             await exchange.run()
             served += 1
             if not exchange.reusable():
+                await self._linger(conn)
                 return
             h.start_next_cycle()
+
+    async def _linger(self, conn: Connection) -> None:
+        """Close after an answer while the client may still be sending (an early error): stop
+        writing, then read and drop what comes for a moment. Closing with unread input would make
+        the kernel send a reset, which can destroy our answer before the client reads it."""
+        if conn.writer.transport.is_closing() or not conn.writer.can_write_eof():
+            return
+        try:
+            conn.writer.write_eof()
+            async with asyncio.timeout(min(LINGER_SECONDS, self.timeout)):
+                left = self.service.config.max_request_bytes + MAX_HTTP_HEAD
+                while left > 0:
+                    data = await conn.reader.read(_READ_SIZE)
+                    if not data:
+                        return
+                    left -= len(data)
+        except (TimeoutError, OSError):
+            return
 
     async def _read_head(self, conn: Connection, h: h11.Connection, served: int) -> h11.Request | None:
         """The next request head within the head deadline; None when the client closed cleanly."""
@@ -210,24 +234,6 @@ class _Exchange:
             self.broken = True
         elif self.started and not self.complete:
             self.broken = True
-        if not self.broken and not self.body_done:
-            await self._discard_body()
-
-    async def _discard_body(self) -> None:
-        """Read and drop a body the app did not want (it answered early, e.g. 415), so the client
-        reads our answer instead of a reset and the connection can be reused. Bounded by the body
-        limit and the I/O timeout; past them the connection is closed."""
-        budget = self.server.service.config.max_request_bytes
-        try:
-            async with asyncio.timeout(self.server.timeout):
-                while not self.body_done:
-                    message = await self.receive()
-                    budget -= len(message.get("body", b""))
-                    if message["type"] != "http.request" or budget < 0:
-                        self.broken = True
-                        return
-        except (TimeoutError, ProviderError):
-            self.broken = True
 
     def reusable(self) -> bool:
         """Whether the connection can carry another request (both sides done, nobody asked to close)."""
@@ -278,6 +284,10 @@ class _Exchange:
         if not self.started:
             self.started = True
             self.conn.ticket.active = True
+            if not self.body_done:
+                # Answered before the body was read (an early error): the rest of the body is not
+                # worth reading, so the connection ends after this answer and the client knows it.
+                self.headers.append((b"connection", b"close"))
             response = h11.Response(
                 status_code=self.status, headers=self.headers, reason=_reason(self.status)
             )

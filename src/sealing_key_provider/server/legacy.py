@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Final
 
 from ..errors import BadRequest, ProviderError, RequestTimeout
@@ -42,14 +41,11 @@ class LegacyServer(Listener):
 
     async def _serve_one(self, conn: Connection) -> None:
         deadline = self.service.deadline()
-        started = time.perf_counter()
         try:
             quote = await self._read_request(conn.reader)
-        except RequestTimeout as e:
-            self.service.refused_cheaply(PROTOCOL, e, conn.peer)
-            return
         except ProviderError as e:
-            self.service.refused(PROTOCOL, e, conn.peer, started)
+            # Framing: costs the sender nothing and comes before any rate limit, so summarised.
+            self.service.refused_cheaply(PROTOCOL, e, conn.peer)
             return
         conn.ticket.active = True
         try:

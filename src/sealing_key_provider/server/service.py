@@ -72,6 +72,7 @@ class KeyService:
             max_workers=config.max_concurrency, thread_name_prefix="skp-worker"
         )
         self._on_fatal = on_fatal
+        self._work: set[asyncio.Future[KeyResponse]] = set()
 
     # --- admission ---------------------------------------------------------------------------------
 
@@ -110,7 +111,8 @@ class KeyService:
             await self.gate.acquire(client, self.remaining(deadline))
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self.executor, self.provider.handle, request)
-            work.add_done_callback(lambda _: self.gate.release())
+            self._work.add(work)
+            work.add_done_callback(self._work_done)
             try:
                 async with asyncio.timeout_at(deadline):
                     response = await asyncio.shield(work)
@@ -131,6 +133,10 @@ class KeyService:
             self.metrics.in_flight.dec()
         self.metrics.observe(protocol, OK, time.perf_counter() - started, response.quote_seconds)
         return response
+
+    def _work_done(self, work: asyncio.Future[KeyResponse]) -> None:
+        self._work.discard(work)
+        self.gate.release()
 
     # --- refusals ----------------------------------------------------------------------------------
 
@@ -161,7 +167,11 @@ class KeyService:
             raise
 
     def close(self) -> None:
+        """Stop: summaries written, queued work dropped, and running work detached from the loop
+        (a worker still blocked in the platform must not call back into a closed loop)."""
         self.refusals.flush(force=True)
+        for work in list(self._work):
+            work.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

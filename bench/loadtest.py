@@ -70,9 +70,12 @@ class Row:
     note: str
 
     def line(self) -> str:
+        def ms(value: float) -> str:
+            return "-" if value != value else f"{value:.0f}"  # NaN: not a latency figure
+
         return (
             f"| {self.scenario} | {self.protocol} | {self.requests} | {self.result} | "
-            f"{self.p50_ms:.0f} | {self.p99_ms:.0f} | {self.note} |"
+            f"{ms(self.p50_ms)} | {ms(self.p99_ms)} | {self.note} |"
         )
 
 

@@ -58,9 +58,10 @@ access_log = logging.getLogger("sealing_key_provider.server.http.access")
 PROTOCOL: Final = "http"
 #: Seconds a readiness result is reused, so frequent probes do not generate a quote each time.
 READINESS_TTL: Final = 5.0
-#: Seconds a readiness probe waits for checks still running (probes time out at 1 s by default in
-#: Kubernetes, and the issue's bound is 2 s): it then gets NOT_READY while the checks go on.
-READINESS_WAIT: Final = 1.5
+#: Seconds a readiness probe waits for checks still running: it then gets NOT_READY while the checks
+#: go on, so a probe is answered within about a second (Kubernetes' default probe timeout) whatever
+#: the platform or the PCCS do.
+READINESS_WAIT: Final = 1.0
 NO_STORE: Final = {"Cache-Control": "no-store"}
 
 

@@ -45,7 +45,7 @@ from ..keys import (
     validate_key_version,
 )
 from .errors import TdQuoteInvalid
-from .quote_source import QuoteSource
+from .quote_base import QuoteSource
 from .secret import EphemeralKeyPair
 from .transport import DEFAULT_TIMEOUT, PROTOCOL_LEGACY, HttpTransport, LegacyTransport, Transport
 from .trust import ProviderTrust

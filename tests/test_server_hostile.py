@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sealing_key_provider.collateral import CachingSource, PccsClient
 from sealing_key_provider.errors import ProviderError
@@ -336,3 +338,57 @@ def test_legacy_frame_length_is_checked_before_waiting(sim: SimPlatform) -> None
             sock.sendall(struct.pack(">I", 0xFFFFFFFF))
             assert closed_without_bytes(sock, time.monotonic() + 10)
         assert refusals(thread, "legacy", "REQUEST_TOO_LARGE") == 1
+
+
+_VALID_HEAD = (
+    b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+)
+
+
+@st.composite
+def _garbled_requests(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from([_VALID_HEAD, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"])))
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(data)))
+        choice = draw(st.integers(0, 3))
+        if choice == 0 and at < len(data):
+            data[at] = draw(st.integers(0, 255))
+        elif choice == 1:
+            data[at:at] = draw(
+                st.sampled_from([b"\r\n", b":", b" ", b"\x00", b"Content-Length: 5\r\n", b"-1"])
+            )
+        elif choice == 2:
+            del data[at : at + draw(st.integers(1, 8))]
+        else:
+            data[at:at] = draw(st.binary(max_size=8))
+    return bytes(data)
+
+
+def test_garbled_requests_get_json_errors_or_nothing(sim: SimPlatform) -> None:
+    """The HTTP listener's own framing, fuzzed over a live socket: every answer is HTTP with, for an
+    error, the JSON body and a code; or the connection closes without a byte; the server stays up."""
+    with in_process(make_provider(sim), io_timeout=0.5, rate_limit_per_second=1000.0) as thread:
+        address = thread.server.http_address
+        assert address is not None
+
+        @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(_garbled_requests())
+        def one(data: bytes) -> None:
+            with socket.create_connection(address, timeout=10) as sock:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+                answer = read_until_closed(sock, time.monotonic() + 10)
+            while answer:
+                head, _, rest = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 "), answer[:200]
+                status = int(head.split(b" ", 2)[1])
+                length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+                body, answer = rest[:length], rest[length:]
+                if status >= 400:
+                    assert b"content-type: application/json" in head.lower(), head
+                    assert json.loads(body)["error"]["code"]
+
+        one()
+        with http_client(thread) as c:
+            assert c.get("/healthz").status_code == 200

@@ -100,19 +100,33 @@ class HttpServer(Listener):
             except _Closed:
                 return
             except ProviderError as e:
-                self.service.refused_cheaply(self.name, e, conn.peer)
-                await self._write(conn, error_bytes(e))
-                await self._linger(conn)
+                await self._refuse(conn, e)
                 return
             if request is None:
                 return
-            exchange = _Exchange(self, conn, h, request)
-            await exchange.run()
+            try:
+                exchange = _Exchange(self, conn, h, request)
+            except h11.RemoteProtocolError as e:
+                await self._refuse(conn, _framing_error(e))
+                return
+            try:
+                await exchange.run()
+            except _Closed:
+                return
             served += 1
             if not exchange.reusable():
                 await self._linger(conn)
                 return
             h.start_next_cycle()
+
+    async def _refuse(self, conn: Connection, error: ProviderError) -> None:
+        """Answer a framing error (counted, logged summarised) and close."""
+        self.service.refused_cheaply(self.name, error, conn.peer)
+        try:
+            await self._write(conn, error_bytes(error))
+        except _Closed:
+            return
+        await self._linger(conn)
 
     async def _linger(self, conn: Connection) -> None:
         """Close after an answer while the client may still be sending (an early error): stop

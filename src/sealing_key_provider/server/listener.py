@@ -97,6 +97,8 @@ class Listener:
             service.refused_cheaply(self.name, e, peer)
         except (ConnectionError, TimeoutError):
             pass
+        except Exception:
+            log.exception("internal error code=INTERNAL_ERROR protocol=%s peer=%s", self.name, peer)
         finally:
             ticket.release()
             self._connections.pop(task, None)

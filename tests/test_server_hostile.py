@@ -392,3 +392,23 @@ def test_garbled_requests_get_json_errors_or_nothing(sim: SimPlatform) -> None:
         one()
         with http_client(thread) as c:
             assert c.get("/healthz").status_code == 200
+
+
+def test_when_the_budget_is_full_idle_connections_make_room(sim: SimPlatform) -> None:
+    """Many addresses together fill the whole budget with idle connections: a newcomer still gets in,
+    taking the slot of the oldest idle connection of the biggest holder; that one is closed."""
+    with in_process(make_provider(sim), max_connections=8, max_connections_per_address=8) as thread:
+        legacy = legacy_address(thread)
+        hog = [connect_from(NEIGHBOUR, legacy) for _ in range(6)]
+        other = [connect_from("127.0.0.5", legacy) for _ in range(2)]
+        admission = thread.server.service.connections
+        try:
+            assert wait_for(lambda: admission.open == 8)
+            td = Td(sim)
+            assert legacy_key(legacy, td) is not None  # from 127.0.0.1: made room for itself
+            assert closed_without_bytes(hog[0], time.monotonic() + 10)  # the oldest idle one
+            assert refusals(thread, "legacy", "EVICTED") == 1
+            assert admission.held(NEIGHBOUR) == 5 and admission.held("127.0.0.5") == 2
+        finally:
+            for sock in hog + other:
+                sock.close()

@@ -186,3 +186,20 @@ def test_invalid_limits_are_refused() -> None:
         FairGate(0)
     with pytest.raises(ValueError):
         Admission(0, 1)
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("127.0.0.1:4242", "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("[::1]:4242", "::1"),
+        ("::1", "::1"),
+        ("fe80::1:2", "fe80::1:2"),
+        ("-", "-"),
+    ],
+)
+def test_address_of_every_peer_form(peer: str, address: str) -> None:
+    from sealing_key_provider.server.service import address_of
+
+    assert address_of(peer) == address

@@ -30,9 +30,13 @@ RESTART_MESSAGE: Final = "permission denied; exiting so the supervisor restarts 
 
 
 def address_of(peer: str) -> str:
-    """The address part of ``host:port`` / ``[v6]:port`` as the listeners write peers."""
-    host = peer.rpartition(":")[0] if ":" in peer else peer
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else (host or peer)
+    """The address of a peer as the listeners write it: ``v4:port``, ``[v6]:port``, or a bare
+    address (the HTTP layer's, either family)."""
+    if peer.startswith("["):
+        return peer[1:].partition("]")[0]
+    if peer.count(":") == 1:
+        return peer.partition(":")[0]
+    return peer
 
 
 class KeyService:

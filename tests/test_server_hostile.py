@@ -10,16 +10,20 @@ by ``make loadtest``, not asserted here.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import io
 import json
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +33,8 @@ from hypothesis import strategies as st
 
 from sealing_key_provider.collateral import CachingSource, PccsClient
 from sealing_key_provider.errors import ProviderError
+from sealing_key_provider.server.app import bind
+from sealing_key_provider.server.http_server import HttpServer
 from sealing_key_provider.server.logs import make_handler
 from sealing_key_provider.server.status import HTTP_STATUS
 from sealing_key_provider.sim import SimPlatform
@@ -45,6 +51,7 @@ from tests.test_server_support import (
     read_until_closed,
     refusals,
 )
+from tests.tls_helpers import self_signed_localhost
 
 NEIGHBOUR = "127.0.0.2"
 
@@ -412,3 +419,42 @@ def test_when_the_budget_is_full_idle_connections_make_room(sim: SimPlatform) ->
         finally:
             for sock in hog + other:
                 sock.close()
+
+
+def test_a_tls_listener_takes_its_slot_at_accept_before_the_handshake(
+    sim: SimPlatform, tmp_path: Path
+) -> None:
+    """Any listener can be a TLS one (an HTTPS/RA-TLS listener): admission and the per-address share
+    are taken at accept, before the handshake, which has the I/O deadline; then HTTP as usual."""
+    cert, key = self_signed_localhost(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with in_process(make_provider(sim), max_connections_per_address=3) as thread:
+        server = thread.server
+        loop = server._loop
+        assert loop is not None
+        sock = bind(("127.0.0.1", 0), "test https")
+        https = HttpServer(server.service, server.app, name="https", scheme="https")
+        asyncio.run_coroutine_threadsafe(https.start(sock, tls=context), loop).result(10)
+        port = sock.getsockname()[1]
+        try:
+            client_tls = ssl.create_default_context(cafile=str(cert))
+            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=client_tls, timeout=10) as c:
+                td = Td(sim)
+                r = post_key(c, td.quote())
+                assert (
+                    r.status_code == 200 and len(td.open(base64.b64decode(r.json()["encrypted_key"]))) == 32
+                )
+                # The kept-alive TLS connection holds one slot; two silent TCP connections the rest.
+                held = [connect_from("127.0.0.1", ("127.0.0.1", port)) for _ in range(2)]
+                try:
+                    assert wait_for(lambda: server.service.connections.held("127.0.0.1") == 3)
+                    with connect_from("127.0.0.1", ("127.0.0.1", port)) as extra:
+                        assert closed_without_bytes(extra, time.monotonic() + 10)
+                    assert refusals(thread, "https", "OVERLOADED") == 1
+                finally:
+                    for s in held:
+                        s.close()
+        finally:
+            https.stop_accepting()
+            asyncio.run_coroutine_threadsafe(https.finish(0.0), loop).result(10)

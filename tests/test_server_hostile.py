@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import signal
 import socket
 import ssl
 import struct
@@ -39,9 +40,12 @@ from sealing_key_provider.server.logs import make_handler
 from sealing_key_provider.server.status import HTTP_STATUS
 from sealing_key_provider.sim import SimPlatform
 from tests.test_server_support import (
+    ServeProcess,
     Td,
+    b64,
     closed_without_bytes,
     error_code,
+    free_port,
     http_client,
     in_process,
     legacy_address,
@@ -50,6 +54,7 @@ from tests.test_server_support import (
     post_key,
     read_until_closed,
     refusals,
+    toml_text,
 )
 from tests.tls_helpers import self_signed_localhost
 
@@ -458,3 +463,67 @@ def test_a_tls_listener_takes_its_slot_at_accept_before_the_handshake(
         finally:
             https.stop_accepting()
             asyncio.run_coroutine_threadsafe(https.finish(0.0), loop).result(10)
+
+
+def test_a_second_sigterm_stops_serve_at_once(sim: SimPlatform, tmp_path: Path) -> None:
+    """A real ``serve`` with a request stuck on a PCCS that never answers: the first SIGTERM waits for
+    it (grace of 2 x io_timeout = 60 s), the second stops the process at once (the worker thread stuck
+    in the PCCS read is not waited for)."""
+    pccs = HangingPccs()
+    legacy, http = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        toml_text(
+            {
+                "server": {
+                    "legacy_listen": f"127.0.0.1:{legacy[1]}",
+                    "http_listen": f"127.0.0.1:{http[1]}",
+                    "io_timeout": 30.0,
+                    "request_deadline": 120.0,
+                },
+                "platform": {"kind": "sim", "sim_state_dir": str(sim.state_dir)},
+                "collateral": {
+                    "pccs_url": pccs.url,
+                    "timeout": 100.0,
+                    "trust_anchor": str(sim.root_ca_pem_path),
+                },
+                "logging": {"level": "info"},
+            }
+        )
+    )
+    proc = ServeProcess(["--config", str(config)], tmp_path / "serve.log", legacy, http)
+    outcome: list[object] = []
+    try:
+        assert wait_for(lambda: _healthy(proc.url), timeout=60), proc.log_text()
+
+        def ask() -> None:
+            try:
+                outcome.append(
+                    httpx.post(proc.url + "/v1/keys", json={"quote": b64(Td(sim).quote())}, timeout=120)
+                )
+            except httpx.TransportError as e:
+                outcome.append(e)
+
+        asker = threading.Thread(target=ask, daemon=True)
+        asker.start()
+        assert wait_for(lambda: len(pccs.accepted) == 1, timeout=30)  # the request is in flight
+        proc.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "shutting down" in proc.log_text(), timeout=10)
+        assert proc.proc.poll() is None  # still waiting for the in-flight request
+        proc.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.proc.wait(30)
+        assert code == 0 and time.monotonic() - started < 30  # far below the 60 s grace
+        asker.join(10)
+        assert outcome and isinstance(outcome[0], httpx.TransportError)  # cut, no answer
+        assert "Traceback" not in proc.log_text(), proc.log_text()
+    finally:
+        proc.stop()
+        pccs.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=2.0).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import sys
 import tomllib
@@ -216,7 +217,16 @@ async def _serve(config: Config) -> int:
         config.platform.kind,
     )
     server = ProviderServer(provider, config, collateral=collateral)
-    return await server.serve(on_ready=lambda: announce(server, config, provider))
+    code = await server.serve(on_ready=lambda: announce(server, config, provider))
+    if server.abandoned:
+        # A worker is stuck in the platform or a PCCS read and cannot be interrupted; Python would
+        # join it on the way out. The provider keeps no state, so leave now (a second SIGTERM means
+        # "at once"): the log is flushed first.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _hostport(address: tuple[str, int]) -> str:

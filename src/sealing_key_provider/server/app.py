@@ -90,6 +90,8 @@ class ProviderServer:
         self._grace = shutdown_grace(self.config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._summaries: asyncio.Task[None] | None = None
+        #: Set at shutdown when worker threads were still busy (see :meth:`shutdown`).
+        self.abandoned = False
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -179,7 +181,12 @@ class ProviderServer:
         cut.cancel()
         if self._summaries is not None:
             self._summaries.cancel()
-        self.service.close()
+        busy = self.service.close()
+        if busy:
+            # Worker threads cannot be interrupted (a platform call, a PCCS read); the caller that owns
+            # the process should exit without joining them (``serve`` does).
+            self.abandoned = True
+            log.warning("stopped with %d worker(s) still busy; not waiting for them", busy)
         log.info("stopped exit_code=%s", self.exit_code)
 
     async def _finish_all(self) -> None:

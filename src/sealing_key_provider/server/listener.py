@@ -97,6 +97,10 @@ class Listener:
             service.refused_cheaply(self.name, e, peer)
         except (ConnectionError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # Cut at shutdown (abort). The task ends normally: asyncio's stream callback would log a
+            # cancelled connection task as an error with a traceback.
+            pass
         except Exception:
             log.exception("internal error code=INTERNAL_ERROR protocol=%s peer=%s", self.name, peer)
         finally:

@@ -170,13 +170,16 @@ class KeyService:
             self.fatal(e)
             raise
 
-    def close(self) -> None:
+    def close(self) -> int:
         """Stop: summaries written, queued work dropped, and running work detached from the loop
-        (a worker still blocked in the platform must not call back into a closed loop)."""
+        (a worker still blocked in the platform must not call back into a closed loop). Returns how
+        many workers were still busy: the process should not wait for them on its way out."""
         self.refusals.flush(force=True)
+        busy = len(self._work)
         for work in list(self._work):
             work.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        return busy
 
 
 def _consume(future: asyncio.Future[KeyResponse]) -> None:

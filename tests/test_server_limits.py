@@ -148,8 +148,11 @@ def test_gate_passes_on_a_slot_handed_to_a_waiter_that_gave_up() -> None:
 
 
 def test_each_address_holds_at_most_its_share() -> None:
+    cut: list[int] = []
     admission = Admission(10, 3, relays=RelaySet(["10.0.0.1"]), relay_share=3)
-    held = [admission.admit("10.0.0.2", "legacy", lambda: None) for _ in range(3)]
+    held = [admission.admit("10.0.0.2", "legacy", lambda i=i: cut.append(i)) for i in range(3)]  # type: ignore[misc]
+    for ticket in held:
+        ticket.active = True
     with pytest.raises(Overloaded, match="holds its share of 3"):
         admission.admit("10.0.0.2", "http", lambda: None)  # the share counts every listener
     assert admission.share("10.0.0.1") == 9
@@ -157,6 +160,10 @@ def test_each_address_holds_at_most_its_share() -> None:
     held[0].release()  # idempotent
     assert admission.held("10.0.0.2") == 2 and admission.open == 2
     admission.admit("10.0.0.2", "http", lambda: None)
+    # At its share, an address replaces its own oldest idle connection (a stale keep-alive pool).
+    held[1].active = False
+    admission.admit("10.0.0.2", "legacy", lambda: None)
+    assert cut == [1] and admission.held("10.0.0.2") == 3 and not cut.count(0)
 
 
 def test_a_full_budget_evicts_the_oldest_idle_connection_of_the_biggest_holder() -> None:

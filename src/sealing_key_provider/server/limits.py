@@ -18,7 +18,8 @@ only be used from the loop (every caller is a coroutine or a loop callback).
 - **Connection shares** (:class:`Admission`). Open connections are a budget across all listeners
   (``max_connections``), and each address may hold only its share of it (``max_connections_per_address``,
   relays ``relay_share`` times more), taken at accept before a byte is read. A host holding hundreds of
-  idle or trickling connections therefore holds its share and no more. When the whole budget is
+  idle or trickling connections therefore holds its share and no more (a newcomer from an address at
+  its share replaces that address's oldest idle connection, if it has one). When the whole budget is
   taken (many addresses), a newcomer takes the slot of an *idle* connection (one that has not
   delivered a complete request) of the address holding the most connections: idle and slow
   connections lose their slot to active ones first, and a connection serving a request is never cut.
@@ -266,14 +267,28 @@ class Admission:
         """A slot for a connection just accepted from ``address``; :class:`Overloaded` if none."""
         held = self.held(address)
         share = self.share(address)
-        if held >= share:
+        if held >= share and not self._evict_own(address):
             raise Overloaded(f"{address} holds its share of {share} open connections; try again later")
-        if self.open >= self.limit and not self._evict_for(held):
+        if self.open >= self.limit and not self._evict_for(self.held(address)):
             raise Overloaded(f"all {self.limit} connections are busy serving requests; try again later")
         ticket = Ticket(self, address, listener, abort)
         self._by_address.setdefault(address, {})[ticket] = None
         self.open += 1
         return ticket
+
+    def _evict_own(self, address: str) -> bool:
+        """An address at its share makes room by closing its own oldest idle connection (a client's
+        stale keep-alive pool, say); False when all of them are serving requests."""
+        for ticket in self._by_address.get(address, ()):
+            if not ticket.active:
+                self._evict(ticket)
+                return True
+        return False
+
+    def _evict(self, ticket: Ticket) -> None:
+        ticket.evict()
+        if self._on_evict is not None:
+            self._on_evict(ticket)
 
     def _evict_for(self, newcomer_holds: int) -> bool:
         """Free one slot by closing the oldest idle connection of the address holding the most (more
@@ -283,9 +298,7 @@ class Admission:
                 return False
             for ticket in tickets:  # insertion order: oldest first
                 if not ticket.active:
-                    ticket.evict()
-                    if self._on_evict is not None:
-                        self._on_evict(ticket)
+                    self._evict(ticket)
                     return True
         return False
 

@@ -135,7 +135,6 @@ class CollateralOutdated(CollateralError):
     """Collateral from before the TCB recovery the policy requires (``min_tcb_evaluation_data_number``)."""
 
     code = "COLLATERAL_OUTDATED"
-    http_status = 503
 
 
 class ClockBehindFloor(CollateralError):
@@ -143,7 +142,6 @@ class ClockBehindFloor(CollateralError):
     it was set back, so verifying now could revive expired collateral."""
 
     code = "CLOCK_BEHIND_FLOOR"
-    http_status = 503
 
 
 # --- Provider policy and request flow ----------------------------------------------------------

@@ -56,6 +56,8 @@ _BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     503: (
         # Try again later: nothing is wrong with the request.
         "COLLATERAL_UNAVAILABLE",
+        "COLLATERAL_OUTDATED",
+        "CLOCK_BEHIND_FLOOR",
         "OVERLOADED",
         "DEADLINE_EXCEEDED",
         "NOT_READY",

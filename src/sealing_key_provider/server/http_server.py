@@ -121,6 +121,8 @@ class HttpServer(Listener):
 
     async def _refuse(self, conn: Connection, error: ProviderError) -> None:
         """Answer a framing error (counted, logged summarised) and close."""
+        if conn.ticket.released:
+            return  # evicted to make room (counted as such): the cut is what broke the framing
         self.service.refused_cheaply(self.name, error, conn.peer)
         try:
             await self._write(conn, error_bytes(error))

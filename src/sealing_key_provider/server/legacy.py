@@ -44,8 +44,10 @@ class LegacyServer(Listener):
         try:
             quote = await self._read_request(conn.reader)
         except ProviderError as e:
-            # Framing: costs the sender nothing and comes before any rate limit, so summarised.
-            self.service.refused_cheaply(PROTOCOL, e, conn.peer)
+            # Framing: costs the sender nothing and comes before any rate limit, so summarised. A
+            # connection evicted to make room was counted as such already.
+            if not conn.ticket.released:
+                self.service.refused_cheaply(PROTOCOL, e, conn.peer)
             return
         conn.ticket.active = True
         try:

@@ -355,19 +355,28 @@ class Config:
         """Read a TOML file, apply dotted-key ``overrides`` (CLI flags), validate."""
         try:
             with open(path, "rb") as f:
-                data = tomllib.load(f)
+                raw = f.read()
         except FileNotFoundError:
             raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
+        return cls.from_toml(raw, overrides, where=f"configuration file {str(path)!r}")
+
+    @classmethod
+    def from_toml(
+        cls, raw: bytes, overrides: Mapping[str, object] | None = None, *, where: str = "configuration"
+    ) -> Self:
+        """Parse TOML bytes, apply ``overrides``, validate: every failure is a :class:`ConfigError`."""
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            raise ConfigError(f"configuration file {str(path)!r} is not UTF-8 text") from None
+            raise ConfigError(f"{where} is not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where} is not valid TOML: {exc}") from None
         except RecursionError:
-            raise ConfigError(f"configuration file {str(path)!r} nests arrays or tables too deeply") from None
+            raise ConfigError(f"{where} nests arrays or tables too deeply") from None
         except ValueError as exc:  # e.g. an integer of more digits than int() converts
-            raise ConfigError(f"configuration file {str(path)!r} holds an unreadable value: {exc}") from None
+            raise ConfigError(f"{where} holds an unreadable value: {exc}") from None
         return cls.from_mapping(apply_overrides(data, overrides or {}))
 
     def with_overrides(self, overrides: Mapping[str, object]) -> Config:

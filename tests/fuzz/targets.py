@@ -21,10 +21,12 @@ from cryptography import x509
 from hypothesis import strategies as st
 
 from sealing_key_provider.collateral.source import load_bundle
+from sealing_key_provider.config import Config
 from sealing_key_provider.dcap.abi import MAX_QUOTE_SIZE, parse_quote
 from sealing_key_provider.dcap.collateral import Collateral, parse_enclave_identity, parse_tcb_info
 from sealing_key_provider.dcap.pck import parse_sgx_extension
 from sealing_key_provider.errors import ProviderError
+from sealing_key_provider.keys import validate_key_name
 from sealing_key_provider.wire import LENGTH_PREFIX, KeyRequestV1, check_frame_length, decode_legacy_request
 from tests import corpus
 
@@ -105,6 +107,19 @@ def legacy_seeds() -> list[bytes]:
     return [LENGTH_PREFIX.pack(len(body)) + body]
 
 
+def config_seeds() -> list[bytes]:
+    """The production configuration the enclave measures, and a small simulated one."""
+    from pathlib import Path
+
+    production = (Path(__file__).resolve().parents[2] / "gramine" / "config.toml").read_bytes()
+    sim = b'dev_mode = false\n[server]\nio_timeout = 5.0\n[platform]\nkind = "sim"\nsim_state_dir = "s"\n'
+    return [production, sim + b'[collateral]\nfile = "c.json"\n']
+
+
+def key_name_seeds() -> list[bytes]:
+    return [b"default", b"app/db/wal", b"a.b_c-d/e"]
+
+
 # --- harnesses ---------------------------------------------------------------------------------------
 
 
@@ -153,6 +168,11 @@ def _legacy_frame(data: bytes) -> object:
     return decode_legacy_request(body)
 
 
+def _key_name(data: bytes) -> object:
+    """A key name as the HTTP API hands it on: any str, lone surrogates included ("\\ud800" in JSON)."""
+    return validate_key_name(data.decode("utf-8", "surrogateescape"))
+
+
 TARGETS: dict[str, Target] = {
     "quote": Target("quote", typed(parse_quote), quote_seeds),
     "pck_extension": Target("pck_extension", typed(_pck_extension), extension_seeds),
@@ -169,6 +189,8 @@ TARGETS: dict[str, Target] = {
         lambda: [s[4:] for s in legacy_seeds()],
         legacy_json_seeds,
     ),
+    "config": Target("config", typed(Config.from_toml), config_seeds),
+    "key_name": Target("key_name", typed(_key_name), key_name_seeds),
     "http_body": Target(
         "http_body", typed(lambda d: KeyRequestV1.from_json(d, MAX_QUOTE_SIZE)), body_seeds, body_json_seeds
     ),

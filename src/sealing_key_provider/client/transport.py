@@ -161,7 +161,7 @@ class HttpTransport:
         raw = b"".join(chunks)
         try:
             obj: object = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # a hostile host nests without end
             obj = None
         if status != 200:
             error = obj.get("error") if isinstance(obj, dict) else None

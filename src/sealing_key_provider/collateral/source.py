@@ -88,6 +88,8 @@ def load_bundle(text: str | bytes) -> tuple[Collateral | None, dict[CollateralKe
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise CollateralMalformed(f"collateral file is not valid JSON: {e}") from e
+    except RecursionError:
+        raise CollateralMalformed("collateral file nests too deeply") from None
     if not isinstance(obj, dict):
         raise CollateralMalformed("collateral file must hold a JSON object")
     if "format" not in obj:

@@ -43,31 +43,47 @@ SGX_KEY = ("sgx", bytes.fromhex("00A067110000"), "processor")
 
 
 class FakeSource:
-    """Counts calls; answers from a dict, or raises what it is told to."""
+    """Counts calls; answers from a dict, or raises what it is told to. With ``gate``, each call
+    announces itself on ``entered`` and waits for the gate to open."""
 
-    def __init__(self, answers: dict[tuple[str, bytes, str], Collateral], delay: float = 0.0) -> None:
+    def __init__(
+        self, answers: dict[tuple[str, bytes, str], Collateral], gate: threading.Event | None = None
+    ) -> None:
         self.answers = answers
         self.calls = 0
         self.fail: Exception | None = None
-        self.delay = delay
+        self.gate = gate
+        self.entered = threading.Event()
         self._lock = threading.Lock()
 
     def get(self, tee: str, fmspc: bytes, ca: str) -> Collateral:
         with self._lock:
             self.calls += 1
-        if self.delay:
-            time.sleep(self.delay)
+        self.entered.set()
+        if self.gate is not None and not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
         if self.fail is not None:
             raise self.fail
         return self.answers[(tee, fmspc, ca)]
 
 
 class Clock:
+    """The injected clock: a settable time that also counts how often the cache read it."""
+
     def __init__(self, now: float) -> None:
         self.now = now
+        self.reads = 0
+        self._changed = threading.Condition()
 
     def __call__(self) -> float:
+        with self._changed:
+            self.reads += 1
+            self._changed.notify_all()
         return self.now
+
+    def wait_for_reads(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.reads >= count, timeout=30), self.reads
 
 
 def test_next_update_is_the_earliest_of_all_four_documents() -> None:
@@ -197,9 +213,14 @@ def test_a_failure_is_remembered_briefly_and_expired_entries_are_not_served() ->
 
 
 def test_waiters_share_one_failed_fetch() -> None:
-    inner = FakeSource({TDX_KEY: TDX}, delay=0.2)
+    """Seven callers that arrive while a fetch hangs wait for it and share its failure: one fetch,
+    none retried in turn. The first caller is held in the inner source until the others have read
+    the clock, then the gate opens on a failure."""
+    gate = threading.Event()
+    inner = FakeSource({TDX_KEY: TDX}, gate=gate)
     inner.fail = CollateralUnavailable("PCCS hangs")
-    cache = CachingSource(inner, Clock(_case("tdx-v4-phala-1")["verify_unix_time"]))
+    clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
+    cache = CachingSource(inner, clock)
     errors: list[str] = []
 
     def ask() -> None:
@@ -209,10 +230,15 @@ def test_waiters_share_one_failed_fetch() -> None:
             errors.append(e.message)
 
     threads = [threading.Thread(target=ask) for _ in range(8)]
-    for t in threads:
+    threads[0].start()
+    assert inner.entered.wait(timeout=30)
+    first = clock.reads
+    for t in threads[1:]:
         t.start()
+    clock.wait_for_reads(first + 7)
+    gate.set()
     for t in threads:
-        t.join(10)
+        t.join(30)
     assert errors == ["PCCS hangs"] * 8
     assert inner.calls == 1  # one fetch for all eight, none retried in turn
 
@@ -246,17 +272,30 @@ def test_keys_are_separate_and_size_is_bounded() -> None:
 
 
 def test_concurrent_misses_fetch_once() -> None:
-    inner = FakeSource({TDX_KEY: TDX}, delay=0.1)
-    cache = CachingSource(inner, Clock(_case("tdx-v4-phala-1")["verify_unix_time"]))
+    """Seven callers that missed while a fetch was under way wait for it and share its answer.
+
+    No sleeping: the first caller is held inside the inner source until the seven others have read
+    the clock for their first lookup (a miss, since nothing is cached yet), and only then released.
+    """
+    gate = threading.Event()
+    inner = FakeSource({TDX_KEY: TDX}, gate=gate)
+    clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
+    cache = CachingSource(inner, clock)
     results: list[Collateral] = []
     threads = [threading.Thread(target=lambda: results.append(cache.get(*TDX_KEY))) for _ in range(8)]
-    for t in threads:
+    threads[0].start()
+    assert inner.entered.wait(timeout=30)
+    first = clock.reads  # the first caller's lookups, before it entered the inner source
+    for t in threads[1:]:
         t.start()
+    clock.wait_for_reads(first + 7)
+    assert cache.stats().hits == 0  # all seven missed
+    gate.set()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
     assert len(results) == 8 and all(r is TDX for r in results)
     assert inner.calls == 1
-    assert cache.stats().hits == 7
+    assert (cache.stats().hits, cache.stats().misses) == (7, 1)
 
 
 def test_invalid_keys_never_reach_the_inner_source() -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Self, get_type_hints
 
+from .dcap.abi import SEAL_KEY_POLICIES
 from .errors import ConfigError
 from .keys import DEFAULT_MEASUREMENTS, DEFAULT_SCHEME, HKDF_SCHEME, LEGACY_SCHEME, normalize_measurements
 from .policy import Policy
@@ -37,7 +38,6 @@ DEFAULT_ATTESTATION_DIR: Final = "/dev/attestation"
 DEFAULT_PCCS_URL: Final = "https://api.trustedservices.intel.com"
 
 PLATFORM_KINDS: Final = ("gramine", "sim")
-SEALING_KEY_POLICIES: Final = ("mrenclave", "mrsigner")
 LOG_FORMATS: Final = ("human", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 SCHEMES: Final = (HKDF_SCHEME, LEGACY_SCHEME)
@@ -165,7 +165,7 @@ class PlatformConfig:
 
     def __post_init__(self) -> None:
         _choice(self.kind, PLATFORM_KINDS, "platform.kind")
-        _choice(self.sealing_key_policy, SEALING_KEY_POLICIES, "platform.sealing_key_policy")
+        _choice(self.sealing_key_policy, SEAL_KEY_POLICIES, "platform.sealing_key_policy")
         if not self.attestation_dir:
             raise ConfigError("platform.attestation_dir must not be empty")
         if self.kind == "sim" and not self.sim_state_dir:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .dcap.abi import MAX_QUOTE_SIZE
 from .errors import BadRequest, RequestTooLarge
 
 #: Largest legacy frame we accept (the original accepted 4 GiB and allocated it up front).
@@ -239,7 +240,7 @@ class KeyResponseV1:
             raise BadRequest("policy_digest must be hex") from None
         return cls(
             encrypted_key=b64decode(obj.get("encrypted_key"), "encrypted_key", 1024),
-            provider_quote=b64decode(obj.get("provider_quote"), "provider_quote", 64 * 1024),
+            provider_quote=b64decode(obj.get("provider_quote"), "provider_quote", MAX_QUOTE_SIZE),
             scheme=obj["scheme"],
             measurements=tuple(measurements),
             key_name=obj["key_name"],

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -31,6 +30,7 @@ from typing import Final
 from cryptography import x509
 
 from ..dcap.collateral import Collateral, parse_enclave_identity, parse_tcb_info
+from ..dcap.lru import Lru
 from ..errors import CollateralMalformed, CollateralUnavailable, ProviderError
 from .source import CollateralKey, CollateralSource, check_key
 
@@ -149,7 +149,7 @@ class CachingSource:
         self._backoff = failure_backoff
         self._spawn = spawn
         self._lock = threading.Lock()
-        self._entries: OrderedDict[CollateralKey, _Entry] = OrderedDict()
+        self._entries: Lru[CollateralKey, _Entry] = Lru(max_entries)
         self._flights: dict[CollateralKey, _Flight] = {}
         self._failures: dict[CollateralKey, _Failure] = {}
         self._hits = 0
@@ -178,7 +178,7 @@ class CachingSource:
     def _hit(self, key: CollateralKey, entry: _Entry, now: float) -> Collateral:
         """Under the lock: count a hit; start the refresh ahead of max_age if it is time."""
         self._hits += 1
-        self._entries.move_to_end(key)
+        self._entries.get(key)  # most recently used
         if self._refresh_ahead(entry, now) and key not in self._flights and not self._in_backoff(key, now):
             flight = self._flights[key] = _Flight()
             self._spawn(lambda: self._fetch(key, flight))
@@ -207,7 +207,7 @@ class CachingSource:
         """Under the lock: the entry for ``key`` if it is still valid; an expired one is dropped."""
         entry = self._entries.get(key)
         if entry is not None and now >= entry.valid_until:
-            del self._entries[key]
+            self._entries.pop(key)
             return None
         return entry
 
@@ -226,7 +226,7 @@ class CachingSource:
         if entry is None:
             raise _copy_error(error) from None
         self._stale += 1
-        self._entries.move_to_end(key)
+        self._entries.get(key)  # most recently used
         failure = self._failures.get(key)
         if failure is not None and not failure.stale_logged:
             failure.stale_logged = True
@@ -266,13 +266,10 @@ class CachingSource:
             self._failures.pop(key, None)
             self._flights.pop(key, None)
             if now < valid_until:
-                self._entries[key] = _Entry(collateral, valid_until, now)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self._max_entries:
-                    self._entries.popitem(last=False)
+                self._entries.put(key, _Entry(collateral, valid_until, now))
             else:
                 # Already expired (the verifier will say so): returned, not cached.
-                self._entries.pop(key, None)
+                self._entries.pop(key)
         flight.collateral = collateral
         flight.done.set()
 

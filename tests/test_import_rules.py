@@ -93,3 +93,15 @@ def test_a_forbidden_import_breaks_its_contract_and_is_named(
     assert breached.returncode == 1, breached.stdout + breached.stderr
     assert f"{' '.join(contract.split())} BROKEN" in out
     assert edge in out, breached.stdout
+
+
+def test_a_module_without_a_layer_breaks_the_layers_and_is_named(tmp_path: Path) -> None:
+    """The layers are exhaustive: a new top-level module is refused until it is given its place."""
+    src = tmp_path / "src"
+    shutil.copytree(PACKAGE, src / "sealing_key_provider", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "sealing_key_provider" / "unplaced.py").write_text('"""A module nobody placed."""\n')
+    result = _lint(src, tmp_path)
+    out = " ".join(result.stdout.split())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "One direction: the command line on top, dcap and the errors at the bottom BROKEN" in out
+    assert "not listed as layers: - sealing_key_provider.unplaced" in out

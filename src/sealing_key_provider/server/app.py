@@ -1,15 +1,11 @@
-"""Run both listeners (legacy TCP and HTTP v1) in one asyncio event loop, and stop them cleanly.
+"""Run every listener (legacy TCP and HTTP v1) in one asyncio event loop, and stop them cleanly.
 
-uvicorn runs as a :class:`uvicorn.Server` inside our loop (not ``uvicorn.run``), on a socket we bind
-ourselves: binding errors are ours to report (uvicorn would ``sys.exit`` from inside a task), tests can
-bind port 0, and both protocols share one loop, one concurrency gate and one rate limiter. Signals are
-ours too: SIGTERM/SIGINT stop accepting, let in-flight requests finish within a grace period, and
-exit 0; a second signal stops at once. :class:`RestartRequired` (Gramine refuses attestation) stops
-at once with exit status 1, so the supervisor restarts the enclave, as the original did.
-
-``server.max_connections`` caps the open connections of both listeners together; one over it is
-closed at accept and logged ``OVERLOADED`` (:mod:`.http_protocol` plugs the budget into uvicorn).
-Requests that are admitted but find no worker slot in time get the JSON ``OVERLOADED`` from the gate.
+The listeners are ours (:mod:`.listener`): we bind their sockets ourselves (binding errors are ours to
+report, tests can bind port 0), and all of them share one event loop, one admission (connection
+shares), one rate limiter and one set of worker slots. Signals are ours too: SIGTERM/SIGINT stop
+accepting, close idle connections, let in-flight requests finish within a grace period, and exit 0; a
+second signal cuts every connection at once. :class:`RestartRequired` (Gramine refuses attestation)
+stops at once with exit status 1, so the supervisor restarts the enclave, as the original did.
 """
 
 from __future__ import annotations
@@ -20,27 +16,24 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
-
-import uvicorn
 
 from ..collateral import CachingSource, CollateralSource
 from ..config import Config, ServerConfig, parse_listen
 from ..errors import ConfigError, RestartRequired
 from ..provider import Provider
 from .http_api import create_app
-from .http_protocol import budgeted_protocol
+from .http_server import HttpServer
 from .legacy import LegacyServer
+from .listener import Listener
 from .metrics import Metrics
 from .service import KeyService
 
 log = logging.getLogger("sealing_key_provider.server")
 
-#: Seconds uvicorn keeps an idle keep-alive connection (TD clients make one request per boot).
-KEEP_ALIVE: Final = 5
-#: Largest incomplete HTTP head (request line + headers) uvicorn's h11 parser buffers.
-MAX_HTTP_HEAD: Final = 16 * 1024
+#: Seconds between summaries of cheap refusals (see :mod:`.refusals`).
+SUMMARY_INTERVAL: Final = 10.0
 
 
 def shutdown_grace(config: ServerConfig) -> float:
@@ -75,14 +68,6 @@ def _url(scheme: str, sock: socket.socket) -> str:
     return f"{scheme}://{shown}:{port}"
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the process-wide ones belong to :class:`ProviderServer`."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class ProviderServer:
     """The legacy and HTTP listeners around one :class:`Provider`. Use from one event loop."""
 
@@ -95,14 +80,18 @@ class ProviderServer:
         self.service = KeyService(provider, self.config, self.metrics, on_fatal=self._on_fatal)
         self.app = create_app(self.service)
         self.legacy = LegacyServer(self.service)
+        self.http = HttpServer(self.service, self.app)
+        self.listeners: list[Listener] = []
         self.exit_code = 0
         self.legacy_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self._stop: asyncio.Event | None = None
+        self._cut: asyncio.Event | None = None
         self._grace = shutdown_grace(self.config)
-        self._uvicorn: _EmbeddedUvicorn | None = None
-        self._uvicorn_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._summaries: asyncio.Task[None] | None = None
+        #: Set at shutdown when worker threads were still busy (see :meth:`shutdown`).
+        self.abandoned = False
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -114,6 +103,7 @@ class ProviderServer:
         """Bind and start the listeners (arguments override the configuration; "" disables one)."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._cut = asyncio.Event()
         legacy = self.config.legacy_listen if legacy_listen is None else legacy_listen
         http = self.config.http_listen if http_listen is None else http_listen
         if not legacy and not http:
@@ -127,49 +117,44 @@ class ProviderServer:
             raise
         if legacy_sock is not None:
             await self.legacy.start(legacy_sock)
+            self.listeners.append(self.legacy)
             self.legacy_address = legacy_sock.getsockname()[:2]
             log.info("listening on %s (legacy protocol)", _url("tcp", legacy_sock))
         if http_sock is not None:
-            uv_config = uvicorn.Config(
-                self.app,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                proxy_headers=False,
-                lifespan="off",
-                ws="none",
-                timeout_keep_alive=KEEP_ALIVE,
-                timeout_graceful_shutdown=int(self._grace) or 1,
-                http=budgeted_protocol(self.service),
-                h11_max_incomplete_event_size=MAX_HTTP_HEAD,
-            )
-            self._uvicorn = _EmbeddedUvicorn(uv_config)
+            await self.http.start(http_sock)
+            self.listeners.append(self.http)
             self.http_address = http_sock.getsockname()[:2]
-            self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))
             log.info("listening on %s (HTTP API v1)", _url("http", http_sock))
+        self._summaries = asyncio.create_task(self._summarise_refusals())
+
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_INTERVAL)
+            self.service.refusals.flush()
 
     def request_stop(self, exit_code: int = 0, *, grace: float | None = None) -> None:
         """Ask the server to stop (from the loop's thread); idempotent, a second call stops at once."""
-        if self._stop is None:
+        if self._stop is None or self._cut is None:
             return
         if self._stop.is_set():
             self._grace = 0.0
-            if self._uvicorn is not None:
-                self._uvicorn.force_exit = True
+            self._cut.set()
         else:
             if grace is not None:
                 self._grace = grace
+                if grace <= 0:
+                    self._cut.set()
             self._stop.set()
         self.exit_code = max(self.exit_code, exit_code)
 
     def request_stop_threadsafe(self, exit_code: int = 0) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.request_stop, exit_code)
+            with contextlib.suppress(RuntimeError):  # the loop is already closed: stopped already
+                self._loop.call_soon_threadsafe(self.request_stop, exit_code)
 
     def _on_fatal(self, error: RestartRequired) -> None:
         del error  # already logged by the service
         self.request_stop(1, grace=0.0)
-        self.request_stop(1)  # second call: no grace, uvicorn force-exits
 
     async def wait_stopped(self) -> int:
         """Wait for a stop request, shut down, and return the exit status."""
@@ -179,23 +164,33 @@ class ProviderServer:
         return self.exit_code
 
     async def shutdown(self) -> None:
-        grace = self._grace
-        log.info("shutting down grace_seconds=%s", grace)
-        self.legacy.stop_accepting()
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
-            if grace <= 0:
-                self._uvicorn.force_exit = True
-        await self.legacy.finish(grace)
-        if self._uvicorn_task is not None:
-            try:
-                async with asyncio.timeout(grace + 2.0):
-                    await self._uvicorn_task
-            except TimeoutError:
-                self._uvicorn_task.cancel()
-                log.warning("HTTP server did not stop in time; cancelled")
-        self.service.close()
+        assert self._cut is not None
+        log.info("shutting down grace_seconds=%s", self._grace)
+        for listener in self.listeners:
+            listener.stop_accepting()
+        finishing = asyncio.create_task(self._finish_all())
+        cut = asyncio.create_task(self._cut.wait())
+        await asyncio.wait({finishing, cut}, return_when=asyncio.FIRST_COMPLETED)
+        if not finishing.done():
+            log.info("second stop request: closing every connection now")
+            for listener in self.listeners:
+                listener.abort()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await finishing
+        cut.cancel()
+        if self._summaries is not None:
+            self._summaries.cancel()
+        busy = self.service.close()
+        if busy:
+            # Worker threads cannot be interrupted (a platform call, a PCCS read); the caller that owns
+            # the process should exit without joining them (``serve`` does).
+            self.abandoned = True
+            log.warning("stopped with %d worker(s) still busy; not waiting for them", busy)
         log.info("stopped exit_code=%s", self.exit_code)
+
+    async def _finish_all(self) -> None:
+        await asyncio.gather(*(listener.finish(self._grace) for listener in self.listeners))
 
     async def serve(self, *, install_signals: bool = True, on_ready: Callable[[], None] | None = None) -> int:
         """Start, run until SIGTERM/SIGINT (or a fatal error), shut down; return the exit status."""

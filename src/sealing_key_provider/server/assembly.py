@@ -38,6 +38,7 @@ def build_collateral(config: Config, *, clock: Clock = time.time) -> CollateralS
         ca_bundle=c.pccs_ca_bundle,
         cache_max_entries=c.cache_max_entries,
         cache_max_age=c.cache_max_age,
+        failure_backoff=c.failure_backoff,
     )
 
 

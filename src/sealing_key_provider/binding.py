@@ -172,3 +172,18 @@ def _check(report_data: bytes, expected: bytes) -> None:
         raise ResponseBindingInvalid(f"provider report data is {len(report_data)} bytes, expected 64")
     if not hmac.compare_digest(report_data, expected):
         raise ResponseBindingInvalid("provider quote does not bind the encrypted key")
+
+
+#: REPORT_DATA_SIZE is dcap.abi's (the quote layout has one home), re-exported for callers of binding.
+__all__ = [
+    "REPORT_DATA_SIZE",
+    "REQUEST_CONTEXT_LABEL",
+    "SHA256_SIZE",
+    "RequestContext",
+    "encode_fields",
+    "report_data_legacy",
+    "report_data_v1",
+    "u32be",
+    "verify_report_data_legacy",
+    "verify_report_data_v1",
+]

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from ..dcap.lru import Lru
 from ..errors import Overloaded, RateLimited
 
 #: Client addresses remembered at most; beyond it the least recently seen are forgotten.
@@ -96,7 +97,7 @@ class RateLimiter:
         self._relays = relays if relays is not None else RelaySet()
         self._relay_share = relay_share
         self._clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: Lru[str, _Bucket] = Lru(max_clients)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -111,17 +112,14 @@ class RateLimiter:
         served in order and the wait of the next one includes everyone queued before it."""
         rate, burst = self._limits(client)
         now = self._clock()
-        bucket = self._buckets.get(client)
+        bucket = self._buckets.get(client)  # now the most recently used
         if bucket is None:
             bucket = _Bucket(burst, now)
-            self._buckets[client] = bucket
-            while len(self._buckets) > self.max_clients:
-                self._buckets.popitem(last=False)
+            self._buckets.put(client, bucket)  # the least recently seen client is forgotten when full
         else:
             elapsed = max(0.0, now - bucket.updated)
             bucket.tokens = min(burst, bucket.tokens + elapsed * rate)
             bucket.updated = now
-            self._buckets.move_to_end(client)
         wait = 0.0 if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) / rate
         if wait > max_wait:
             return None

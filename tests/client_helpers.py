@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from sealing_key_provider.attestation import AttestationDocument
 from sealing_key_provider.client.errors import ProviderRefused
 from sealing_key_provider.client.transport import PROTOCOL_LEGACY, PROTOCOL_V1, ProviderAnswer, Transport
 from sealing_key_provider.collateral.source import CollateralKey, bundle_json
@@ -69,9 +70,23 @@ class InProcessTransport:
     """A transport that calls :meth:`Provider.handle` directly (v1 answers go through their JSON form),
     with an optional ``tamper(td_quote, answer)`` playing the man in the middle."""
 
-    def __init__(self, provider: Provider, *, legacy: bool = False, tamper: Tamper | None = None) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        legacy: bool = False,
+        tamper: Tamper | None = None,
+        default_evidence: str | None = "quote",
+    ) -> None:
         self.provider, self.legacy, self.tamper = provider, legacy, tamper
+        #: What to ask for when the client asks for nothing (most tests check the per-request quote).
+        self.default_evidence = default_evidence
         self.answers: list[ProviderAnswer] = []
+        self.attestation_fetches = 0
+
+    def attestation(self) -> AttestationDocument:
+        self.attestation_fetches += 1
+        return AttestationDocument.from_json(self.provider.attestation())
 
     @property
     def protocol(self) -> str:
@@ -84,7 +99,14 @@ class InProcessTransport:
         return self.provider.issue_nonce()[0]
 
     def request(
-        self, td_quote: bytes, *, key_name: str, key_version: int, scheme: str | None, nonce: bytes | None
+        self,
+        td_quote: bytes,
+        *,
+        key_name: str,
+        key_version: int,
+        scheme: str | None,
+        nonce: bytes | None,
+        evidence: str | None = None,
     ) -> ProviderAnswer:
         try:
             r = self.provider.handle(
@@ -95,6 +117,7 @@ class InProcessTransport:
                     key_version=key_version,
                     nonce=nonce,
                     legacy=self.legacy,
+                    evidence=None if self.legacy else (evidence or self.default_evidence),
                 )
             )
         except ProviderError as e:
@@ -113,6 +136,10 @@ class InProcessTransport:
                 advisory_ids=r.advisory_ids,
                 policy_digest=self.provider.policy_digest,
                 dev_mode=r.dev_mode,
+                evidence=r.evidence,
+                binding=r.binding,
+                signature=r.signature,
+                attestation_id=r.attestation_id,
             )
             v1 = KeyResponseV1.from_json(v1.to_json())
             answer = ProviderAnswer(v1.encrypted_key, v1.provider_quote, v1)

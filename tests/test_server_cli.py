@@ -150,13 +150,12 @@ RESTART_SCRIPT = textwrap.dedent(
     class Denied:
         def __init__(self, inner):
             self.inner = inner
-            self.started = False
+            self.calls = 0
         def quote(self, report_data):
-            # The start-up quote (over a nonce) and readiness quotes (over zeros) pass; requests
-            # (bound to a hash of their answer) are refused.
-            if self.started and any(report_data):
+            # The start-up quotes (identity, attested key) pass; per-request quotes are refused.
+            self.calls += 1
+            if self.calls > 2:
                 raise RestartRequired("permission denied on /dev/attestation/quote (Permission denied)")
-            self.started = True
             return self.inner.quote(report_data)
         def sealing_key(self):
             return self.inner.sealing_key()
@@ -202,7 +201,7 @@ def test_restart_required_during_a_request_exits_1(sim: SimPlatform, tmp_path: P
             if protocol == "legacy":
                 assert legacy_exchange(legacy, quote) is None
             else:
-                r = httpx.post(url + "/v1/keys", json={"quote": b64(quote)})
+                r = httpx.post(url + "/v1/keys", json={"quote": b64(quote), "evidence": "quote"})
                 assert r.status_code == 503 and r.json()["error"]["code"] == "RESTART_REQUIRED"
             assert proc.wait(30) == 1
         finally:

@@ -21,6 +21,7 @@ language that controls memory.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -32,8 +33,8 @@ import nacl.exceptions
 import nacl.public
 
 from ..collateral.source import CollateralSource
-from ..dcap import Verifier
-from ..errors import DecryptionFailed, ProviderError
+from ..dcap import VerifiedQuote, Verifier
+from ..errors import DecryptionFailed, ProviderError, ResponseBindingInvalid
 from ..freshness import token_binding
 from ..keys import (
     DEFAULT_KEY_NAME,
@@ -44,12 +45,24 @@ from ..keys import (
     validate_key_name,
     validate_key_version,
 )
+from ..wire import EVIDENCE_QUOTE, EVIDENCE_RATLS, EVIDENCE_SIGNATURE, REQUESTABLE_EVIDENCE
+from .attested import AttestationCache, AttestationSource
 from .errors import TdQuoteInvalid
 from .quote_source import QuoteSource
+from .ratls import RaTlsTransport, RaTlsVerifier, VerifiedCertificate
 from .secret import EphemeralKeyPair
-from .transport import DEFAULT_TIMEOUT, PROTOCOL_LEGACY, HttpTransport, LegacyTransport, Transport
+from .transport import (
+    DEFAULT_TIMEOUT,
+    PROTOCOL_LEGACY,
+    HttpTransport,
+    LegacyTransport,
+    ProviderAnswer,
+    Transport,
+)
 from .trust import ProviderTrust
 from .verify import (
+    TdQuoteInfo,
+    expected_binding_v1,
     inspect_td_quote,
     verify_binding_legacy,
     verify_binding_v1,
@@ -100,13 +113,28 @@ class KeyClient:
         quote_source: QuoteSource,
         *,
         clock: Callable[[], float] = time.time,
+        evidence: str | None = None,
     ) -> None:
+        if evidence not in (None, *REQUESTABLE_EVIDENCE):
+            raise ValueError(f"evidence must be one of {', '.join(REQUESTABLE_EVIDENCE)}")
         self.transport = transport
         self.trust = trust
         self._verifier = verifier
         self._collateral = collateral
         self._quote_source = quote_source
         self._clock = clock
+        #: ``"quote"`` asks the provider for a per-request SGX quote instead of its attested signature.
+        self.evidence = evidence
+        self.attestations = (
+            AttestationCache(transport, trust, verifier, collateral)
+            if isinstance(transport, AttestationSource)
+            else None
+        )
+        self.ratls_verifier = (
+            RaTlsVerifier(trust, verifier, collateral, clock=clock)
+            if isinstance(transport, RaTlsTransport)
+            else None
+        )
 
     @classmethod
     def http(
@@ -129,6 +157,30 @@ class KeyClient:
             collateral,
             quote_source,
             clock=clock,
+        )
+
+    @classmethod
+    def ratls(
+        cls,
+        url: str,
+        trust: ProviderTrust,
+        verifier: Verifier,
+        collateral: CollateralSource,
+        quote_source: QuoteSource,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = DEFAULT_TIMEOUT,
+        evidence: str | None = None,
+    ) -> KeyClient:
+        """A client of the provider's RA-TLS listener at ``https://host:port`` (see :mod:`.ratls`)."""
+        return cls(
+            RaTlsTransport(url, timeout=timeout),
+            trust,
+            verifier,
+            collateral,
+            quote_source,
+            clock=clock,
+            evidence=evidence,
         )
 
     @classmethod
@@ -197,6 +249,14 @@ class KeyClient:
             if freshness:
                 raise ValueError("the legacy protocol has no freshness nonce; use the HTTP API v1")
 
+        if self.ratls_verifier is not None:
+            assert isinstance(self.transport, RaTlsTransport)
+            ratls = self.ratls_verifier
+
+            def identity_only(der: bytes) -> None:
+                ratls.verify(der, None)  # the TD's platform is not known before its quote
+
+            self.transport.peer_check = identity_only
         nonce = self.transport.nonce() if freshness else None
         # A fresh key pair for every request: never reused, never stored.
         with EphemeralKeyPair() as secret:
@@ -209,30 +269,21 @@ class KeyClient:
                 td = replace(td, pck=self._verifier.quote_platform(td.parsed))
             except ProviderError as e:
                 raise TdQuoteInvalid(f"the TD's own quote does not verify ({e.code}): {e.message}") from None
+            channel: list[VerifiedCertificate] = []
+            if self.ratls_verifier is not None:
+                assert isinstance(self.transport, RaTlsTransport)
+                ratls, checked_td = self.ratls_verifier, td
+                self.transport.peer_check = lambda der: channel.append(ratls.verify(der, checked_td))
             answer = self.transport.request(
-                td.quote, key_name=key_name, key_version=key_version, scheme=scheme, nonce=nonce
+                td.quote,
+                key_name=key_name,
+                key_version=key_version,
+                scheme=scheme,
+                nonce=nonce,
+                evidence=self.evidence,
             )
-            verified = verify_provider_quote(
-                answer.provider_quote,
-                trust=self.trust,
-                verifier=self._verifier,
-                collateral=self._collateral,
-                now=int(self._clock()),
-            )
-            if answer.v1 is None:
-                verify_binding_legacy(verified, answer.encrypted_key)
-                used_scheme = LEGACY_SCHEME
-            else:
-                verify_binding_v1(
-                    verified,
-                    answer.v1,
-                    td_quote=td.quote,
-                    key_name=key_name,
-                    key_version=key_version,
-                    scheme=scheme,
-                    trust=self.trust,
-                )
-                used_scheme = answer.v1.scheme
+            verified = self._authenticate(answer, td, key_name, key_version, scheme, channel)
+            used_scheme = LEGACY_SCHEME if answer.v1 is None else answer.v1.scheme
             verify_same_platform(verified, td)
             key = _open(secret, answer.encrypted_key)
         report = verified.quote.enclave_report
@@ -261,6 +312,57 @@ class KeyClient:
             td_tcb_status=answer.v1.tcb_status if answer.v1 is not None else None,
             policy_digest=answer.v1.policy_digest if answer.v1 is not None else None,
         )
+
+    def _authenticate(  # noqa: PLR0917 (one private call site)
+        self,
+        answer: ProviderAnswer,
+        td: TdQuoteInfo,
+        key_name: str,
+        key_version: int,
+        scheme: str | None,
+        channel: list[VerifiedCertificate],
+    ) -> VerifiedQuote:
+        """Which of the three forms authenticates this answer, checked; the provider quote that stands
+        behind it. An answer none of them authenticates is refused: there is no fourth way."""
+        now = int(self._clock())
+        v1 = answer.v1
+        if v1 is None or v1.evidence == EVIDENCE_QUOTE:
+            verified = verify_provider_quote(
+                answer.provider_quote,
+                trust=self.trust,
+                verifier=self._verifier,
+                collateral=self._collateral,
+                now=now,
+            )
+            if v1 is None:
+                verify_binding_legacy(verified, answer.encrypted_key)
+            else:
+                verify_binding_v1(
+                    verified,
+                    v1,
+                    td_quote=td.quote,
+                    key_name=key_name,
+                    key_version=key_version,
+                    scheme=scheme,
+                    trust=self.trust,
+                )
+            return verified
+        binding = expected_binding_v1(
+            v1, td_quote=td.quote, key_name=key_name, key_version=key_version, scheme=scheme, trust=self.trust
+        )
+        if v1.evidence == EVIDENCE_SIGNATURE:
+            if self.attestations is None:
+                raise ResponseBindingInvalid("a signed answer on a transport without attestations")
+            return self.attestations.check(v1.attestation_id, v1.signature, binding, now).verified
+        if v1.evidence == EVIDENCE_RATLS:
+            if self.ratls_verifier is None or not channel:
+                raise ResponseBindingInvalid(
+                    "the answer claims an attested RA-TLS channel, but it did not come over one"
+                )
+            if not hmac.compare_digest(v1.binding, binding):
+                raise ResponseBindingInvalid("the RA-TLS answer does not bind this request and answer")
+            return channel[-1].legacy
+        raise ResponseBindingInvalid(f"the answer's evidence {v1.evidence!r} is not one this client checks")
 
 
 def _open(secret: EphemeralKeyPair, encrypted_key: bytes) -> bytes:

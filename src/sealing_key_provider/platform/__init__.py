@@ -57,6 +57,7 @@ def open_platform(config: PlatformConfig, *, dev_mode: bool = False) -> SgxPlatf
         mrsigner=bytes.fromhex(config.sim_mrsigner) if config.sim_mrsigner else None,
         key_policy=config.sealing_key_policy,
         dev_mode=dev_mode,
+        quote_latency_ms=config.quote_latency_ms,
     )
 
 

@@ -21,16 +21,17 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import uvicorn
 
 from ..collateral import CachingSource, CollateralSource
 from ..config import Config, ServerConfig, parse_listen
-from ..errors import ConfigError, RestartRequired
+from ..errors import ConfigError, PlatformError, RestartRequired
 from ..provider import Provider
 from .http_api import create_app
 from .http_protocol import budgeted_protocol
+from .https import RaTlsContext
 from .legacy import LegacyServer
 from .metrics import Metrics
 from .service import KeyService
@@ -39,6 +40,8 @@ log = logging.getLogger("sealing_key_provider.server")
 
 #: Seconds uvicorn keeps an idle keep-alive connection (TD clients make one request per boot).
 KEEP_ALIVE: Final = 5
+#: Seconds between two attestation maintenance rounds (renewal due? own quote still verifying?).
+MAINTENANCE_INTERVAL: Final = 60.0
 #: Largest incomplete HTTP head (request line + headers) uvicorn's h11 parser buffers.
 MAX_HTTP_HEAD: Final = 16 * 1024
 
@@ -91,13 +94,19 @@ class ProviderServer:
     ) -> None:
         self.provider = provider
         self.config = config.server
-        self.metrics = Metrics(collateral.stats if isinstance(collateral, CachingSource) else None)
+        self.metrics = Metrics(
+            collateral.stats if isinstance(collateral, CachingSource) else None, provider.quote_stats
+        )
         self.service = KeyService(provider, self.config, self.metrics, on_fatal=self._on_fatal)
         self.app = create_app(self.service)
         self.legacy = LegacyServer(self.service)
         self.exit_code = 0
         self.legacy_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
+        self.https_address: tuple[str, int] | None = None
+        self._https_uvicorn: _EmbeddedUvicorn | None = None
+        self._https_task: asyncio.Task[None] | None = None
+        self._maintenance_task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self._grace = shutdown_grace(self.config)
         self._uvicorn: _EmbeddedUvicorn | None = None
@@ -110,20 +119,32 @@ class ProviderServer:
         self,
         legacy_listen: str | tuple[str, int] | None = None,
         http_listen: str | tuple[str, int] | None = None,
+        https_listen: str | tuple[str, int] | None = None,
     ) -> None:
         """Bind and start the listeners (arguments override the configuration; "" disables one)."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         legacy = self.config.legacy_listen if legacy_listen is None else legacy_listen
         http = self.config.http_listen if http_listen is None else http_listen
-        if not legacy and not http:
-            raise ConfigError("server: both listeners are disabled")
-        legacy_sock = bind(legacy, "server.legacy_listen") if legacy else None
+        https = self.config.https_listen if https_listen is None else https_listen
+        if not legacy and not http and not https:
+            raise ConfigError("server: every listener is disabled")
+        socks: list[socket.socket] = []
         try:
+            legacy_sock = bind(legacy, "server.legacy_listen") if legacy else None
+            socks += [legacy_sock] if legacy_sock is not None else []
             http_sock = bind(http, "server.http_listen") if http else None
-        except ConfigError:
-            if legacy_sock is not None:
-                legacy_sock.close()
+            socks += [http_sock] if http_sock is not None else []
+            https_sock = bind(https, "server.https_listen") if https else None
+            socks += [https_sock] if https_sock is not None else []
+            tls = None
+            if https_sock is not None:
+                tls = RaTlsContext()
+                tls.load(self.provider.attested.current(self.provider.now()))
+                self.provider.attested.on_change(tls.on_attestation)
+        except (ConfigError, PlatformError):
+            for sock in socks:
+                sock.close()
             raise
         if legacy_sock is not None:
             await self.legacy.start(legacy_sock)
@@ -147,6 +168,45 @@ class ProviderServer:
             self.http_address = http_sock.getsockname()[:2]
             self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))
             log.info("listening on %s (HTTP API v1)", _url("http", http_sock))
+        if https_sock is not None and tls is not None:
+            context = tls.context
+            self._https_uvicorn = _EmbeddedUvicorn(
+                self._uvicorn_config(ssl_context_factory=lambda config, default: context)
+            )
+            self.https_address = https_sock.getsockname()[:2]
+            self._https_task = asyncio.create_task(self._https_uvicorn.serve(sockets=[https_sock]))
+            log.info("listening on %s (HTTP API v1 over RA-TLS)", _url("https", https_sock))
+        self._maintenance_task = asyncio.create_task(self._maintain())
+
+    def _uvicorn_config(self, **extra: Any) -> uvicorn.Config:
+        return uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            lifespan="off",
+            ws="none",
+            timeout_keep_alive=KEEP_ALIVE,
+            timeout_graceful_shutdown=int(self._grace) or 1,
+            http=budgeted_protocol(self.service),
+            h11_max_incomplete_event_size=MAX_HTTP_HEAD,
+            **extra,
+        )
+
+    async def _maintain(self) -> None:
+        """Renew the attestation when due (off the request path, in a worker thread); a renewal that
+        Gramine refuses (RESTART_REQUIRED) stops the server like a refused request quote does."""
+        interval = min(MAINTENANCE_INTERVAL, self.provider.attested.lifetime / 8)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.provider.maintain)
+            except RestartRequired as e:
+                self.service.fatal(e)
+                return
+            except Exception:
+                log.exception("attestation maintenance failed")
 
     def request_stop(self, exit_code: int = 0, *, grace: float | None = None) -> None:
         """Ask the server to stop (from the loop's thread); idempotent, a second call stops at once."""
@@ -154,8 +214,9 @@ class ProviderServer:
             return
         if self._stop.is_set():
             self._grace = 0.0
-            if self._uvicorn is not None:
-                self._uvicorn.force_exit = True
+            for server in (self._uvicorn, self._https_uvicorn):
+                if server is not None:
+                    server.force_exit = True
         else:
             if grace is not None:
                 self._grace = grace
@@ -182,17 +243,22 @@ class ProviderServer:
         grace = self._grace
         log.info("shutting down grace_seconds=%s", grace)
         self.legacy.stop_accepting()
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
-            if grace <= 0:
-                self._uvicorn.force_exit = True
+        if self._maintenance_task is not None:
+            self._maintenance_task.cancel()
+        for server in (self._uvicorn, self._https_uvicorn):
+            if server is not None:
+                server.should_exit = True
+                if grace <= 0:
+                    server.force_exit = True
         await self.legacy.finish(grace)
-        if self._uvicorn_task is not None:
+        for task in (self._uvicorn_task, self._https_task):
+            if task is None:
+                continue
             try:
                 async with asyncio.timeout(grace + 2.0):
-                    await self._uvicorn_task
+                    await task
             except TimeoutError:
-                self._uvicorn_task.cancel()
+                task.cancel()
                 log.warning("HTTP server did not stop in time; cancelled")
         self.service.close()
         log.info("stopped exit_code=%s", self.exit_code)
@@ -230,9 +296,10 @@ class ServerThread:
         server: ProviderServer,
         legacy_listen: str | tuple[str, int] | None = None,
         http_listen: str | tuple[str, int] | None = None,
+        https_listen: str | tuple[str, int] | None = None,
     ) -> None:
         self.server = server
-        self._listen = (legacy_listen, http_listen)
+        self._listen = (legacy_listen, http_listen, https_listen)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.exit_code: int | None = None

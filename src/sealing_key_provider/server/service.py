@@ -73,7 +73,7 @@ class KeyService:
             raise
         finally:
             self.metrics.in_flight.dec()
-        self.metrics.observe(protocol, OK, time.perf_counter() - started, response.quote_seconds)
+        self.metrics.observe(protocol, OK, time.perf_counter() - started)
         return response
 
     def refused(self, protocol: str, error: ProviderError, peer: str, started: float | None = None) -> None:

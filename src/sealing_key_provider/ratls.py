@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -50,7 +51,7 @@ SUBJECT: Final = x509.Name(
         x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
     ]
 )
-_CERT_ERRORS: Final[tuple[type[Exception], ...]] = (*X509_ERRORS, TypeError, ValueError)
+_CERT_ERRORS: Final[tuple[type[Exception], ...]] = (*X509_ERRORS, TypeError, ValueError, InvalidSignature)
 #: A certificate with two quotes is ~10 KiB; refuse to parse anything far larger.
 MAX_CERTIFICATE_SIZE: Final = 64 * 1024
 

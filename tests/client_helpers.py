@@ -202,6 +202,8 @@ class ServedProvider:
     legacy_address: str
     info: dict[str, Any]
     log: Path
+    #: The RA-TLS listener (given as ``serve --https-listen``).
+    https_url: str = ""
 
     @property
     def mrenclave(self) -> str:
@@ -227,7 +229,7 @@ def start_provider(workdir: Path, *, deadline_seconds: float = 30.0) -> ServedPr
     collateral = write_collateral_bundle(sim, workdir / "collateral.json", int(time.time()))
     last_log = ""
     for attempt in range(3):
-        http_port, legacy_port = free_port(), free_port()
+        http_port, legacy_port, https_port = free_port(), free_port(), free_port()
         config = workdir / f"config-{attempt}.toml"
         config.write_text(
             "[server]\n"
@@ -246,7 +248,16 @@ def start_provider(workdir: Path, *, deadline_seconds: float = 30.0) -> ServedPr
         log = workdir / f"serve-{attempt}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-c", _MAIN, "serve", "--config", str(config)],
+                [
+                    sys.executable,
+                    "-c",
+                    _MAIN,
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--https-listen",
+                    f"127.0.0.1:{https_port}",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -258,7 +269,15 @@ def start_provider(workdir: Path, *, deadline_seconds: float = 30.0) -> ServedPr
                     if http.get(url + "/readyz").status_code == 200:
                         info = http.get(url + "/v1/info").json()
                         return ServedProvider(
-                            sim, workdir, collateral, process, url, f"127.0.0.1:{legacy_port}", info, log
+                            sim,
+                            workdir,
+                            collateral,
+                            process,
+                            url,
+                            f"127.0.0.1:{legacy_port}",
+                            info,
+                            log,
+                            f"https://127.0.0.1:{https_port}",
                         )
                 except httpx.TransportError:
                     pass

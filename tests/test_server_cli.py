@@ -18,7 +18,7 @@ import pytest
 
 from sealing_key_provider.cli import build_parser
 from sealing_key_provider.config import Config
-from sealing_key_provider.errors import PlatformError, RestartRequired
+from sealing_key_provider.errors import ConfigError, PlatformError, RestartRequired
 from sealing_key_provider.server import cli as serve_cli
 from sealing_key_provider.sim import SimPlatform
 from tests.test_server_support import (
@@ -70,6 +70,21 @@ def test_flags_become_dotted_overrides() -> None:
     assert config.collateral.pccs_url is None and config.logging.format == "json"
     with pytest.raises(SystemExit):
         parse("--pccs-url=https://pccs", "--collateral=/c.json")  # one source only
+
+
+def test_https_and_quote_latency_flags() -> None:
+    args = parse(
+        "--platform=sim", "--state-dir=/s", "--https-listen=127.0.0.1:8443", "--sim-quote-latency-ms=20"
+    )
+    overrides = serve_cli.overrides_from_args(args)
+    assert overrides["server.https_listen"] == "127.0.0.1:8443"
+    assert overrides["platform.quote_latency_ms"] == 20.0
+    config, _ = serve_cli.load_config(args)
+    assert config.server.https_listen == "127.0.0.1:8443" and config.platform.quote_latency_ms == 20.0
+    assert config.server.attestation_lifetime == 24 * 3600
+    for bad in ({"server.https_listen": "nope"}, {"server.attestation_lifetime": 30}):
+        with pytest.raises(ConfigError):
+            config.with_overrides(bad)
 
 
 def test_flags_override_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

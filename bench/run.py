@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 #: Benchmark modules, each with ``run() -> list[str]``.
-MODULES = ("bench.dcap_bench", "bench.provider_bench")
+MODULES = ("bench.dcap_bench", "bench.provider_bench", "bench.latency_bench")
 
 
 def main() -> int:

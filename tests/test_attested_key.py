@@ -3,7 +3,9 @@ provider's answers (signed by default, quoted on request, legacy unchanged)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import struct
 
 import pytest
@@ -31,6 +33,7 @@ from sealing_key_provider.errors import (
     RestartRequired,
 )
 from sealing_key_provider.provider import KeyRequest, Provider
+from sealing_key_provider.ratls import RaTlsIdentity, make_ratls_identity
 from sealing_key_provider.sim import SimPlatform
 from tests.test_provider import NOW, Td, make_provider
 
@@ -265,3 +268,22 @@ def test_provider_start_up_quotes_are_counted(sim: SimPlatform) -> None:
     assert p.readiness() == {"attestation": "ok", "collateral": "ok"}
     assert not p.maintain()  # not due at the same instant
     assert p.attested.current(NOW).statement.not_after == NOW + 24 * 3600
+
+
+def test_private_keys_never_appear_in_logs_or_reprs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    quotes = FakeQuotes()
+    keys = AttestedKeys(quotes, DIGEST, lifetime=1000, tls_factory=make_ratls_identity)
+    attestation = keys.attest(0)
+    keys.sign(b"\x01" * 64, 1)
+    quotes.error = PlatformError("down (test)")
+    keys.maintain(600)
+    signing = attestation._signing_key.private_bytes_raw()
+    tls = attestation.tls
+    assert isinstance(tls, RaTlsIdentity)
+    tls_secret = tls._key.private_numbers().private_value.to_bytes(48, "big")
+    texts = [caplog.text, repr(attestation), repr(tls), repr(attestation.document), str(keys.current(1))]
+    for secret in (signing, tls_secret):
+        for text in texts:
+            assert secret.hex() not in text and base64.b64encode(secret).decode() not in text
+    assert attestation.statement.tls_spki_sha256 == tls.spki_sha256

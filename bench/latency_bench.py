@@ -38,9 +38,9 @@ from pathlib import Path
 import httpx
 import nacl.public
 
-from sealing_key_provider.collateral.pccs_server import PccsServer, StaticCatalog
 from sealing_key_provider.collateral.source import CollateralKey, bundle_json
 from sealing_key_provider.sim import SimPlatform
+from sealing_key_provider.sim.pccs_server import PccsServer, StaticCatalog
 from sealing_key_provider.wire import LENGTH_PREFIX
 
 from .provider_bench import _cpu_split, _free_port, _percentile, _spawn, _stop, _wait_ready

@@ -26,8 +26,8 @@ from sealing_key_provider.collateral.pccs_client import PccsClient
 from sealing_key_provider.collateral.source import for_quote
 from sealing_key_provider.dcap import Verifier, parse_quote
 from sealing_key_provider.keys import legacy_kdf, recipient_key_from_report_data, seal
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.provider import identity_from_quote
+from sealing_key_provider.sim import SimSgxPlatform
 from sealing_key_provider.wire import LENGTH_PREFIX, decode_legacy_request, encode_legacy_response
 
 

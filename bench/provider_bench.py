@@ -42,10 +42,9 @@ from sealing_key_provider.collateral import FileSource
 from sealing_key_provider.dcap import Verifier
 from sealing_key_provider.dcap.abi import parse_quote
 from sealing_key_provider.keys import build_registry, seal
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import KeyRequest, Provider
-from sealing_key_provider.sim import SimPlatform
+from sealing_key_provider.sim import SimPlatform, SimSgxPlatform
 
 from . import loadgen
 

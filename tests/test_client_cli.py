@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from sealing_key_provider.cli import get_key as client_cli
 from sealing_key_provider.cli import main
-from sealing_key_provider.client import cli as client_cli
-from sealing_key_provider.client.cli import write_key_file
+from sealing_key_provider.cli.get_key import write_key_file
 from sealing_key_provider.client.transport import Transport
-from sealing_key_provider.collateral.pccs_server import PccsServer, StaticCatalog
 from sealing_key_provider.dcap import Verifier
 from sealing_key_provider.keys import MAX_KEY_VERSION, build_registry
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import Provider
+from sealing_key_provider.sim import SimSgxPlatform
+from sealing_key_provider.sim.pccs_server import PccsServer, StaticCatalog
 from tests.tls_helpers import self_signed_localhost
 
 from .client_helpers import InProcessTransport, ServedProvider, SimSource, free_port, start_provider

@@ -19,10 +19,16 @@ from sealing_key_provider.client.trust import ProviderTrust
 from sealing_key_provider.dcap import Verifier, parse_quote
 from sealing_key_provider.errors import ProviderError
 from sealing_key_provider.keys import build_registry, seal
-from sealing_key_provider.platform.sim import DEFAULT_SIM_DEV_MRENCLAVE, SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import Provider
-from sealing_key_provider.sim import DEBUG_SGX_ATTRIBUTES, Scenario, SgxEnclaveIdentity, SimPlatform
+from sealing_key_provider.sim import (
+    DEBUG_SGX_ATTRIBUTES,
+    DEFAULT_SIM_DEV_MRENCLAVE,
+    Scenario,
+    SgxEnclaveIdentity,
+    SimPlatform,
+    SimSgxPlatform,
+)
 from sealing_key_provider.wire import KeyResponseV1
 
 from .client_helpers import (

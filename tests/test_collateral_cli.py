@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from sealing_key_provider.cli import main
+from sealing_key_provider.cli.collateral import _SimFactory
 from sealing_key_provider.collateral import FileSource, PccsClient, collateral_next_update, for_quote
-from sealing_key_provider.collateral.cli import _SimFactory
-from sealing_key_provider.collateral.pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog
 from sealing_key_provider.dcap.abi import parse_quote
 from sealing_key_provider.dcap.collateral import Collateral
 from sealing_key_provider.dcap.verify import Verifier
 from sealing_key_provider.errors import ProviderError
 from sealing_key_provider.sim import SgxEnclaveIdentity, SimPlatform
+from sealing_key_provider.sim.pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog
 
 CORPUS = Path(__file__).resolve().parent / "data" / "dcap"
 

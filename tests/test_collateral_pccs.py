@@ -28,7 +28,6 @@ from sealing_key_provider.collateral import (
     pccs_client,
 )
 from sealing_key_provider.collateral.pccs_client import crl_to_der, decode_issuer_chain, normalise_base_url
-from sealing_key_provider.collateral.pccs_server import PccsServer, StaticCatalog, describe, parse_listen
 from sealing_key_provider.dcap.abi import parse_quote
 from sealing_key_provider.dcap.collateral import Collateral
 from sealing_key_provider.dcap.verify import Verifier
@@ -38,6 +37,7 @@ from sealing_key_provider.errors import (
     ConfigError,
     ProviderError,
 )
+from sealing_key_provider.sim.pccs_server import PccsServer, StaticCatalog, describe, parse_listen
 from tests.tls_helpers import self_signed_localhost
 
 CORPUS = Path(__file__).resolve().parent / "data" / "dcap"

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from sealing_key_provider.cli.serve import open_platform
 from sealing_key_provider.config import Config, PlatformConfig
 from sealing_key_provider.dcap.abi import parse_quote
 from sealing_key_provider.errors import ConfigError, PlatformError
-from sealing_key_provider.platform import SgxPlatform, open_platform
+from sealing_key_provider.platform import SgxPlatform
 from sealing_key_provider.platform.gramine import GraminePlatform
-from sealing_key_provider.platform.sim import (
+from sealing_key_provider.sim import (
     DEFAULT_SIM_DEV_MRENCLAVE,
     DEFAULT_SIM_MRENCLAVE,
     DEFAULT_SIM_MRSIGNER,
+    SimPlatform,
     SimSgxPlatform,
 )
-from sealing_key_provider.sim import SimPlatform
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def test_quote_latency_is_spent_one_quote_at_a_time(state_dir: Path, monkeypatch
         with guard:
             inside -= 1
 
-    monkeypatch.setattr("sealing_key_provider.platform.sim.time.sleep", sleep)
+    monkeypatch.setattr("sealing_key_provider.sim.sgx_platform.time.sleep", sleep)
     started = time.monotonic()
     threads = [threading.Thread(target=platform.quote, args=(rd(str(i)),)) for i in range(4)]
     for t in threads:

@@ -13,10 +13,9 @@ from sealing_key_provider.binding import RequestContext, report_data_v1
 from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
 from sealing_key_provider.errors import PlatformError, ProviderError
 from sealing_key_provider.keys import build_registry, legacy_kdf
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import UNVERIFIED, KeyRequest, Provider
-from sealing_key_provider.sim import Scenario, SgxEnclaveIdentity, SimPlatform
+from sealing_key_provider.sim import Scenario, SgxEnclaveIdentity, SimPlatform, SimSgxPlatform
 
 NOW = 1_780_000_000  # a fixed time: tests never read the clock
 

@@ -25,25 +25,28 @@ from pathlib import Path
 
 import pytest
 
+from sealing_key_provider.client.detect import NOT_A_TD_HINT, detect_quote_source
 from sealing_key_provider.client.quote_source import (
-    DEFAULT_SIM_MRTD,
-    DEFAULT_SIM_RTMRS,
     DEFAULT_TSM_ROOT,
     MAX_OUTBLOB_SIZE,
-    NOT_A_TD_HINT,
     ConfigfsTsmQuoteSource,
     QuoteSource,
     QuoteSourceBusy,
     QuoteSourceUnavailable,
-    SimTdQuoteSource,
     _OsFs,
     check_report_data,
-    detect_quote_source,
     tdx_quote_report_data,
 )
 from sealing_key_provider.dcap import BodyType, Verifier, parse_quote
 from sealing_key_provider.errors import BadRequest, ConfigError, PlatformError
-from sealing_key_provider.sim import SgxEnclaveIdentity, SimPlatform, SimStateNotFound
+from sealing_key_provider.sim import (
+    DEFAULT_SIM_MRTD,
+    DEFAULT_SIM_RTMRS,
+    SgxEnclaveIdentity,
+    SimPlatform,
+    SimStateNotFound,
+    SimTdQuoteSource,
+)
 
 ROOT = "/sys/kernel/config/tsm/report"
 ATTRIBUTES = ("inblob", "outblob", "provider", "generation")

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sealing_key_provider.client.detect import detect_quote_source
 from sealing_key_provider.client.quote_source import (
     ConfigfsTsmQuoteSource,
     QuoteSource,
     QuoteSourceUnavailable,
-    detect_quote_source,
     tdx_quote_report_data,
 )
 from sealing_key_provider.client.tdx_guest import (

@@ -19,9 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from sealing_key_provider.errors import ProviderError, QuoteMalformed, ResponseBindingInvalid
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.ratls import RaTlsIdentity, make_ratls_identity, read_ratls_certificate
-from sealing_key_provider.sim import SimPlatform
+from sealing_key_provider.sim import SimPlatform, SimSgxPlatform
 
 NOW = 1_780_000_000
 # Gramine's OIDs as DER content bytes (reference: tee-interfaces 5.3).

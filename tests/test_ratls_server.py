@@ -21,12 +21,11 @@ from sealing_key_provider.client import KeyClient, ProviderTrust
 from sealing_key_provider.dcap import Verifier
 from sealing_key_provider.errors import PlatformMismatch, ProviderError, ProviderIdentityMismatch
 from sealing_key_provider.keys import build_registry
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import Provider
 from sealing_key_provider.ratls import make_ratls_identity, read_ratls_certificate
 from sealing_key_provider.server import ProviderServer, ServerThread
-from sealing_key_provider.sim import SimPlatform
+from sealing_key_provider.sim import SimPlatform, SimSgxPlatform
 from tests.client_helpers import SimSource as ClientSimSource
 from tests.client_helpers import SimTd
 from tests.test_server_support import SimSource, Td, legacy_exchange, server_config

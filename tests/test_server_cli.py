@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from sealing_key_provider.cli import build_parser
+from sealing_key_provider.cli import serve as serve_cli
 from sealing_key_provider.config import Config
 from sealing_key_provider.errors import ConfigError, PlatformError, RestartRequired
-from sealing_key_provider.server import cli as serve_cli
 from sealing_key_provider.sim import SimPlatform
 from tests.test_server_support import (
     ROOT,
@@ -134,7 +134,7 @@ def test_restart_required_at_startup_exits_1(
     capsys: pytest.CaptureFixture[str],
     restore_logging: None,
 ) -> None:
-    def denied(config: Config, **kw: object) -> None:
+    def denied(config: Config, platform: object, **kw: object) -> None:
         raise RestartRequired("permission denied on /dev/attestation/quote (Permission denied)")
 
     monkeypatch.setattr(serve_cli, "build_provider", denied)
@@ -156,7 +156,7 @@ RESTART_SCRIPT = textwrap.dedent(
     from sealing_key_provider.collateral import FileSource
     from sealing_key_provider.config import Config
     from sealing_key_provider.errors import RestartRequired
-    from sealing_key_provider.platform.sim import SimSgxPlatform
+    from sealing_key_provider.sim import SimSgxPlatform
     from sealing_key_provider.server import ProviderServer
     from sealing_key_provider.server.logs import configure_logging
     from sealing_key_provider.sim import SimPlatform
@@ -243,7 +243,7 @@ def test_sim_state_is_created_on_first_use(tmp_path: Path, restore_logging: None
     config, _ = serve_cli.load_config(args)
     sim = SimPlatform.init(tmp_path / "other")  # collateral for the file source (not verified here)
     write_collateral(sim, collateral)
-    provider = build_provider(config)
+    provider = build_provider(config, serve_cli.open_configured_platform(config))
     assert (state / "root-ca.pem").exists()
     assert json.loads(json.dumps(provider.info()))["ppid"] == SimPlatform.load(state).ppid.hex()
 
@@ -261,7 +261,7 @@ def test_a_trust_anchor_of_another_platform_stops_start_up(sim: SimPlatform, tmp
             flags.append(f"--trust-anchor={anchor}")
         config, _ = serve_cli.load_config(parse(*flags))
         with pytest.raises(PlatformError, match="own quote does not prove its platform") as err:
-            build_provider(config)
+            build_provider(config, serve_cli.open_configured_platform(config))
         assert "PCK_CHAIN_INVALID" in err.value.message and "root-ca.pem of the same state directory" in (
             err.value.message
         )

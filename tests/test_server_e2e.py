@@ -18,8 +18,7 @@ import pytest
 from sealing_key_provider.binding import RequestContext, report_data_v1
 from sealing_key_provider.dcap import Verifier, parse_quote
 from sealing_key_provider.keys import legacy_kdf
-from sealing_key_provider.platform.sim import DEFAULT_SIM_MRENCLAVE, SimSgxPlatform
-from sealing_key_provider.sim import SimPlatform
+from sealing_key_provider.sim import DEFAULT_SIM_MRENCLAVE, SimPlatform, SimSgxPlatform
 from tests.test_server_support import (
     ServeProcess,
     Td,

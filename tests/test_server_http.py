@@ -18,10 +18,9 @@ import httpx
 import pytest
 
 from sealing_key_provider.dcap import Collateral
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.server import ServerThread
-from sealing_key_provider.sim import Scenario, SimPlatform
+from sealing_key_provider.sim import Scenario, SimPlatform, SimSgxPlatform
 from tests.test_server_support import (
     SimSource,
     Td,

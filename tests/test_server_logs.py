@@ -13,10 +13,9 @@ import logging
 import pytest
 
 from sealing_key_provider.config import LoggingConfig
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.server.logs import JsonFormatter, configure_logging, structured_fields
-from sealing_key_provider.sim import SimPlatform
+from sealing_key_provider.sim import SimPlatform, SimSgxPlatform
 from tests.test_server_support import (
     Td,
     error_code,

@@ -23,11 +23,10 @@ import nacl.public
 from sealing_key_provider.config import Config
 from sealing_key_provider.dcap import Collateral, Verifier
 from sealing_key_provider.keys import build_registry
-from sealing_key_provider.platform.sim import SimSgxPlatform
 from sealing_key_provider.policy import Policy
 from sealing_key_provider.provider import Provider
 from sealing_key_provider.server import ProviderServer, ServerThread
-from sealing_key_provider.sim import Scenario, SimPlatform
+from sealing_key_provider.sim import Scenario, SimPlatform, SimSgxPlatform
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,14 +27,12 @@ from pathlib import Path
 
 import httpx
 
-from .client.quote_source import SimTdQuoteSource
 from .client.sdk import KeyClient
 from .client.trust import ProviderTrust
 from .collateral.pccs_client import PccsClient
 from .dcap import Verifier
 from .errors import ProviderError
-from .platform.sim import DEFAULT_SIM_MRENCLAVE
-from .sim import SimPlatform
+from .sim import DEFAULT_SIM_MRENCLAVE, SimPlatform, SimTdQuoteSource
 from .wire import b64encode
 
 STARTUP_TIMEOUT = 60.0
@@ -244,12 +242,6 @@ def run_demo(workdir: str | None = None, verbose: bool = False) -> int:
             demo.stop_all()
     print(f"({time.monotonic() - started:.1f} s)", flush=True)
     return code
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end demo on the simulated platform")
-    p.add_argument("--workdir", help="keep state and logs here instead of a temporary directory")
-    p.set_defaults(handler=lambda args: run_demo(args.workdir))
 
 
 def main() -> int:

@@ -2,11 +2,13 @@
 
 :mod:`.quote_source` produces the TD's own DCAP quote over report data of its choosing, from the Linux
 kernel's configfs-tsm interface or ``/dev/tdx_guest`` with the host's QGS (production: :mod:`.tdx_guest`),
-or from the simulated platform (development and tests).
+and :mod:`.detect` picks the one this TD has. The simulated TD (development and tests) is
+``sealing_key_provider.sim.SimTdQuoteSource``: the client never imports the simulator.
 """
 
+from .detect import detect_quote_source
 from .errors import ProviderRefused, ResponseMalformed, TdQuoteInvalid
-from .quote_source import ConfigfsTsmQuoteSource, QuoteSource, SimTdQuoteSource, detect_quote_source
+from .quote_source import ConfigfsTsmQuoteSource, QuoteSource
 from .sdk import KeyClient, ProviderKey
 from .tdx_guest import QgsQuoteSource
 from .transport import HttpTransport, LegacyTransport, ProviderAnswer, Transport
@@ -24,7 +26,6 @@ __all__ = [
     "QgsQuoteSource",
     "QuoteSource",
     "ResponseMalformed",
-    "SimTdQuoteSource",
     "TdQuoteInvalid",
     "Transport",
     "detect_quote_source",

@@ -1,6 +1,6 @@
 """The TD's own DCAP quote over 64 bytes of report data it chooses: the first step of every key request.
 
-Two sources implement :class:`QuoteSource`:
+Three sources implement :class:`QuoteSource`:
 
 - :class:`ConfigfsTsmQuoteSource`: the Linux TDX guest's configfs-tsm interface (kernel >= 6.7,
   ``/sys/kernel/config/tsm/report``). The kernel gets a TDREPORT from the TDX module and has the
@@ -8,12 +8,12 @@ Two sources implement :class:`QuoteSource`:
 - :class:`~.tdx_guest.QgsQuoteSource` (module :mod:`.tdx_guest`): a TDREPORT from ``/dev/tdx_guest``
   made a quote by the host's QGS over vsock, as Intel's libtdx_attest does on kernels without
   configfs-tsm.
-- :class:`SimTdQuoteSource`: a TD on the simulated platform (:mod:`sealing_key_provider.sim`) with
-  measurements chosen by the caller, for development, tests and demos without TDX hardware.
+- ``sealing_key_provider.sim.SimTdQuoteSource``: a TD on the simulated platform with measurements
+  chosen by the caller, for development, tests and demos without TDX hardware (never imported here).
 
-:func:`detect_quote_source` picks configfs-tsm when it exists, then ``/dev/tdx_guest`` with QGS, and
-otherwise refuses: it never falls back to the simulator, because a simulated quote in production would only fail later, at the
-provider, with a less helpful error.
+:func:`~.detect.detect_quote_source` picks configfs-tsm when it exists, then ``/dev/tdx_guest`` with
+QGS, and otherwise refuses: it never falls back to the simulator, because a simulated quote in
+production would only fail later, at the provider, with a less helpful error.
 
 configfs-tsm protocol (``shared/reference/tee-interfaces.md`` section 6.1). A report is a directory
 the caller creates under the root; the kernel fills it with ``inblob`` (write the 64-byte report
@@ -29,22 +29,17 @@ definitive check the quote's own REPORTDATA must equal what was written.
 from __future__ import annotations
 
 import errno
-import hashlib
 import hmac
 import logging
 import os
 import secrets
 import struct
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from ..dcap.abi import HEADER_SIZE, TD10_REPORT_SIZE, TD15_REPORT_SIZE, TEE_TYPE_TDX, BodyType
 from ..errors import BadRequest, ConfigError, PlatformError
-
-if TYPE_CHECKING:
-    from ..sim import SimPlatform
 
 log = logging.getLogger(__name__)
 
@@ -399,188 +394,15 @@ class ConfigfsTsmQuoteSource:
         return PlatformError(f"cannot {action} {path} ({reason})" + (f": {hint}" if hint else ""))
 
 
-# --- simulation --------------------------------------------------------------------------------
-
-
-def _sim_measurement(label: str) -> bytes:
-    return hashlib.sha384(f"gramine-sealing-key-provider/sim/td/{label}".encode()).digest()
-
-
-#: The simulated TD's measurements when the caller names none: recognisable, non-zero, and stable
-#: (they feed key derivation, so changing them changes every simulated TD's key).
-DEFAULT_SIM_MRTD: Final = _sim_measurement("mrtd")
-DEFAULT_SIM_RTMRS: Final = tuple(_sim_measurement(f"rtmr{i}") for i in range(4))
-
-
-def _measurement(value: bytes, what: str, size: int = _MEASUREMENT_SIZE) -> bytes:
-    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
-        got = f"{len(value)} bytes" if isinstance(value, (bytes, bytearray)) else type(value).__name__
-        raise ConfigError(f"{what} must be {size} bytes, got {got}")
-    return bytes(value)
-
-
-class SimTdQuoteSource:
-    """:class:`QuoteSource` for a TD on the simulated platform, with the measurements given here.
-
-    The quotes are real DCAP v4/v5 TDX quotes signed by the simulated TD quoting enclave, so they pass
-    the production verifier configured with the simulator's root. Measurements are fixed per source,
-    as a real TD's are fixed at build and boot; a TD with other measurements is another source.
-    """
-
-    __slots__ = (
-        "body",
-        "debug",
-        "mrconfigid",
-        "mrowner",
-        "mrownerconfig",
-        "mrservicetd",
-        "mrtd",
-        "platform",
-        "rtmrs",
-        "td_attributes",
-        "version",
-        "xfam",
-    )
-
-    def __init__(
-        self,
-        platform: SimPlatform,
-        *,
-        mrtd: bytes = DEFAULT_SIM_MRTD,
-        rtmrs: Sequence[bytes] = DEFAULT_SIM_RTMRS,
-        mrconfigid: bytes = bytes(48),
-        mrowner: bytes = bytes(48),
-        mrownerconfig: bytes = bytes(48),
-        xfam: bytes | None = None,
-        td_attributes: bytes | None = None,
-        debug: bool = False,
-        version: int = 4,
-        body: BodyType | None = None,
-        mrservicetd: bytes = bytes(48),
-    ) -> None:
-        """Check every option now, so a misconfigured simulated TD fails at start, not per quote.
-
-        ``xfam`` and ``td_attributes`` default to the simulator's (``DEFAULT_XFAM``,
-        ``DEFAULT_TD_ATTRIBUTES``); ``body`` defaults to TDX 1.0 for v4 and TDX 1.5 for v5.
-        """
-        if version not in (4, 5):
-            raise ConfigError(f"a TDX quote is version 4 or 5, got {version!r}")
-        if body is None:
-            body = BodyType.TD10 if version == 4 else BodyType.TD15
-        if body not in (BodyType.TD10, BodyType.TD15) or (version == 4 and body != BodyType.TD10):
-            raise ConfigError("a v4 TDX quote has a TDX 1.0 body; a v5 quote a TDX 1.0 or 1.5 body")
-        rtmr_list = list(rtmrs)
-        if len(rtmr_list) != 4:
-            raise ConfigError(f"exactly four RTMRs are needed, got {len(rtmr_list)}")
-        self.platform = platform
-        self.mrtd = _measurement(mrtd, "MRTD")
-        self.rtmrs: tuple[bytes, bytes, bytes, bytes] = (
-            _measurement(rtmr_list[0], "RTMR0"),
-            _measurement(rtmr_list[1], "RTMR1"),
-            _measurement(rtmr_list[2], "RTMR2"),
-            _measurement(rtmr_list[3], "RTMR3"),
-        )
-        self.mrconfigid = _measurement(mrconfigid, "MRCONFIGID")
-        self.mrowner = _measurement(mrowner, "MROWNER")
-        self.mrownerconfig = _measurement(mrownerconfig, "MROWNERCONFIG")
-        self.mrservicetd = _measurement(mrservicetd, "MRSERVICETD")
-        # The caller holds a SimPlatform, so the simulator is loaded already; production never gets here.
-        from ..sim import DEFAULT_TD_ATTRIBUTES, DEFAULT_XFAM
-
-        self.xfam = _measurement(DEFAULT_XFAM if xfam is None else xfam, "XFAM", 8)
-        self.td_attributes = _measurement(
-            DEFAULT_TD_ATTRIBUTES if td_attributes is None else td_attributes, "TD attributes", 8
-        )
-        self.debug = debug
-        self.version = version
-        self.body = body
-
-    @classmethod
-    def load(
-        cls,
-        state_dir: str | Path,
-        *,
-        mrtd: bytes = DEFAULT_SIM_MRTD,
-        rtmrs: Sequence[bytes] = DEFAULT_SIM_RTMRS,
-        debug: bool = False,
-        version: int = 4,
-    ) -> SimTdQuoteSource:
-        """A simulated TD on the platform in ``state_dir`` (``sim init`` first; SimStateNotFound if not)."""
-        from ..sim import SimPlatform
-
-        return cls(SimPlatform.load(state_dir), mrtd=mrtd, rtmrs=rtmrs, debug=debug, version=version)
-
-    def __repr__(self) -> str:
-        return (
-            f"SimTdQuoteSource(state_dir={str(self.platform.state_dir)!r}, mrtd={self.mrtd.hex()[:16]}..., "
-            f"version={self.version}, debug={self.debug})"
-        )
-
-    def quote(self, report_data: bytes) -> bytes:
-        rd = check_report_data(report_data)
-        return self.platform.tdx_quote(
-            report_data=rd,
-            mrtd=self.mrtd,
-            rtmrs=self.rtmrs,
-            mrconfigid=self.mrconfigid,
-            mrowner=self.mrowner,
-            mrownerconfig=self.mrownerconfig,
-            xfam=self.xfam,
-            td_attributes=self.td_attributes,
-            debug=self.debug,
-            version=self.version,
-            body=self.body,
-            mrservicetd=self.mrservicetd,
-        )
-
-
-#: How :func:`detect_quote_source`'s error ends: the advice for library users (a CLI replaces it with
-#: its own option).
-NOT_A_TD_HINT: Final = (
-    "outside a TDX guest pass a simulated source explicitly (SimTdQuoteSource, e.g. "
-    "SimTdQuoteSource.load(state_dir))"
-)
-
-
-def detect_quote_source(
-    root: str | Path = DEFAULT_TSM_ROOT,
-    tdx_guest: str | Path | None = "/dev/tdx_guest",
-    tdx_attest_conf: str | Path = "/etc/tdx-attest.conf",
-) -> QuoteSource:
-    """The TDX guest's quote source: configfs-tsm if ``root`` exists, else (unless ``tdx_guest`` is
-    ``None``) a TDREPORT from ``/dev/tdx_guest`` quoted by the host's QGS over vsock
-    (:mod:`.tdx_guest`); otherwise :class:`QuoteSourceUnavailable`.
-
-    There is deliberately no fallback to the simulator: outside a TDX guest the caller must ask for a
-    :class:`SimTdQuoteSource` explicitly, so a production TD never sends a simulated quote by accident.
-    """
-    if os.path.isdir(root):
-        return ConfigfsTsmQuoteSource(root)
-    if tdx_guest is not None and os.path.exists(tdx_guest):
-        from .tdx_guest import qgs_source_from_system
-
-        return qgs_source_from_system(tdx_guest, tdx_attest_conf)
-    fallback = f" nor {tdx_guest}" if tdx_guest is not None else ""
-    raise QuoteSourceUnavailable(
-        f"no TDX quote source: configfs-tsm is not available at {root}{fallback} (this needs a TDX guest; "
-        f"configfs-tsm needs kernel >= 6.7 and configfs mounted); {NOT_A_TD_HINT}"
-    )
-
-
 __all__ = [
-    "DEFAULT_SIM_MRTD",
-    "DEFAULT_SIM_RTMRS",
     "DEFAULT_TSM_ROOT",
     "MAX_OUTBLOB_SIZE",
-    "NOT_A_TD_HINT",
     "REPORT_DATA_SIZE",
     "TDX_PROVIDER",
     "ConfigfsTsmQuoteSource",
     "QuoteSource",
     "QuoteSourceBusy",
     "QuoteSourceUnavailable",
-    "SimTdQuoteSource",
     "check_report_data",
-    "detect_quote_source",
     "tdx_quote_report_data",
 ]

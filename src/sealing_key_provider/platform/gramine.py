@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import PlatformError, RestartRequired
-from . import SEALING_KEY_SIZE, check_report_data
+from .base import SEALING_KEY_SIZE, check_report_data
 
 log = logging.getLogger(__name__)
 

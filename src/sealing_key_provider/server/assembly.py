@@ -1,8 +1,8 @@
 """Turn a :class:`~sealing_key_provider.config.Config` into a ready :class:`Provider`.
 
-All the start-up I/O happens here, once, before any listener opens: the platform is opened (Gramine's
-``attestation_type`` checked, or the simulator's state loaded), the trust anchor file is read, the
-collateral file is parsed, and the provider takes its own quote and sealing key. A broken deployment
+All the start-up I/O happens here, once, before any listener opens: the trust anchor file is read, the
+collateral file is parsed, and the provider takes its own quote and sealing key from the platform the
+caller opened (the ``serve`` command chooses Gramine or the simulator: the composition root). A broken deployment
 therefore fails at start with one error code instead of on the first TD's request.
 """
 
@@ -18,7 +18,7 @@ from ..config import Config
 from ..dcap import Verifier
 from ..errors import ConfigError
 from ..keys import build_registry
-from ..platform import open_platform
+from ..platform import SgxPlatform
 from ..provider import Provider
 from ..ratls import make_ratls_identity
 
@@ -57,25 +57,15 @@ def build_verifier(config: Config) -> Verifier:
     return Verifier(trust_anchor=pem)
 
 
-def ensure_sim_state(config: Config) -> None:
-    """Create the simulated platform's state directory on first use (so ``serve`` runs anywhere)."""
-    if config.platform.kind != "sim" or config.platform.sim_state_dir is None:
-        return
-    from ..sim import SimPlatform, SimStateNotFound
-
-    try:
-        SimPlatform.load(config.platform.sim_state_dir)
-    except SimStateNotFound:
-        SimPlatform.init(config.platform.sim_state_dir)
-        log.info("created a new simulated platform in %s", config.platform.sim_state_dir)
-
-
 def build_provider(
-    config: Config, *, clock: Clock = time.time, collateral: CollateralSource | None = None
+    config: Config,
+    platform: SgxPlatform,
+    *,
+    clock: Clock = time.time,
+    collateral: CollateralSource | None = None,
 ) -> Provider:
-    """The provider for ``config``; ``collateral`` reuses an already built source (for its metrics)."""
-    ensure_sim_state(config)
-    platform = open_platform(config.platform, dev_mode=config.dev_mode)
+    """The provider for ``config`` on ``platform``; ``collateral`` reuses an already built source (for
+    its metrics)."""
     source = collateral if collateral is not None else build_collateral(config, clock=clock)
     schemes = build_registry(config.keys.measurements, config.keys.default_scheme)
     return Provider(

@@ -36,8 +36,12 @@ A ``SimPlatform`` caches its derived keys, certificates and the two signed QE re
 costs one ECDSA signature and a sealing key one HMAC; it holds no mutable state beyond those caches
 and may be shared between threads. Collateral is generated on each call (four signatures).
 
-CLI: ``sealing-key-provider sim init|quote|collateral`` (``sim/cli.py``); ``sim pccs`` (PCCS v4 HTTP
-server over ``SimPlatform.load(dir).collateral(tee, now=...)``) is contributed by the collateral package.
+The simulator's edges for the rest of the project: :class:`SimSgxPlatform` (the provider's
+``SgxPlatform``, :mod:`.sgx_platform`), :class:`SimTdQuoteSource` (a TD's ``QuoteSource``,
+:mod:`.td_quote_source`) and the PCCS v4 HTTP server (:mod:`.pccs_server`). Only the command line, the
+demo and the tests import this package.
+
+CLI: ``sealing-key-provider sim init|quote|collateral|pccs`` (``cli/sim.py``).
 
 Defaults: state directory ``$XDG_DATA_HOME/sealing-key-provider/sim`` (or
 ``~/.local/share/sealing-key-provider/sim``); FMSPC ``90C06F000000``; TDX module 1.x
@@ -57,11 +61,23 @@ from .platform import (
     SgxEnclaveIdentity,
     SimPlatform,
 )
+from .sgx_platform import (
+    DEFAULT_SIM_DEV_MRENCLAVE,
+    DEFAULT_SIM_MRENCLAVE,
+    DEFAULT_SIM_MRSIGNER,
+    SimSgxPlatform,
+)
 from .state import default_state_dir
+from .td_quote_source import DEFAULT_SIM_MRTD, DEFAULT_SIM_RTMRS, SimTdQuoteSource
 
 __all__ = [
     "DEBUG_SGX_ATTRIBUTES",
     "DEFAULT_SGX_ATTRIBUTES",
+    "DEFAULT_SIM_DEV_MRENCLAVE",
+    "DEFAULT_SIM_MRENCLAVE",
+    "DEFAULT_SIM_MRSIGNER",
+    "DEFAULT_SIM_MRTD",
+    "DEFAULT_SIM_RTMRS",
     "DEFAULT_TD_ATTRIBUTES",
     "DEFAULT_XFAM",
     "EXPECTED",
@@ -69,7 +85,9 @@ __all__ = [
     "Scenario",
     "SgxEnclaveIdentity",
     "SimPlatform",
+    "SimSgxPlatform",
     "SimStateError",
     "SimStateNotFound",
+    "SimTdQuoteSource",
     "default_state_dir",
 ]

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cliutil import hex_arg, report_failure, u16_arg, usage_error, write_atomically
 from ..dcap.abi import BodyType
 from ..errors import ProviderError
-from .collateral import Scenario
-from .platform import DEBUG_SGX_ATTRIBUTES, DEFAULT_SGX_ATTRIBUTES, SgxEnclaveIdentity, SimPlatform
-from .state import default_state_dir
+from ..sim.collateral import Scenario
+from ..sim.platform import DEBUG_SGX_ATTRIBUTES, DEFAULT_SGX_ATTRIBUTES, SgxEnclaveIdentity, SimPlatform
+from ..sim.state import default_state_dir
+from .common import hex_arg, report_failure, u16_arg, usage_error, write_atomically
 
 _hex = hex_arg
 _u16 = u16_arg
@@ -193,6 +193,6 @@ def register(subparsers: Any) -> None:
     coll.set_defaults(handler=_cmd_collateral)
 
     # ``sim pccs`` belongs to the collateral package (PCCS server); it plugs in here.
-    from ..collateral.cli import add_pccs_parser
+    from .collateral import add_pccs_parser
 
     add_pccs_parser(sim_sub)

@@ -1,7 +1,7 @@
 """The ``sealing-key-provider`` command.
 
-Each feature package owns its subcommands and registers them here through a ``register(subparsers)``
-function, so the CLI stays a thin dispatcher. Exit codes: 0 success, 1 the operation failed (a check
+Each command group is one module of this package with a ``register(subparsers)`` function, so this
+module stays a thin dispatcher. Exit codes: 0 success, 1 the operation failed (a check
 did not pass), 2 usage errors (argparse's convention).
 """
 
@@ -12,16 +12,16 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
 
 #: Modules that contribute subcommands, in help order.
 COMMAND_MODULES = (
-    "sealing_key_provider.dcap.cli",
-    "sealing_key_provider.collateral.cli",
-    "sealing_key_provider.sim.cli",
-    "sealing_key_provider.server.cli",
-    "sealing_key_provider.client.cli",
-    "sealing_key_provider.demo",
+    "sealing_key_provider.cli.quote",
+    "sealing_key_provider.cli.collateral",
+    "sealing_key_provider.cli.sim",
+    "sealing_key_provider.cli.serve",
+    "sealing_key_provider.cli.get_key",
+    "sealing_key_provider.cli.demo",
 )
 
 

@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cliutil import InputFileError, read_input_file, usage_error, write_atomically
+from ..collateral.pccs_client import DEFAULT_TIMEOUT, PccsClient
+from ..collateral.source import CollateralKey, bundle_json, for_quote
 from ..dcap.abi import parse_quote
 from ..dcap.collateral import Collateral
 from ..errors import ConfigError, ProviderError
-from .pccs_client import DEFAULT_TIMEOUT, PccsClient
-from .pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog, parse_listen
-from .source import CollateralKey, bundle_json, for_quote
+from .common import InputFileError, read_input_file, usage_error, write_atomically
 
 if TYPE_CHECKING:
     from ..sim import SimPlatform
@@ -110,6 +109,8 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_pccs(args: argparse.Namespace) -> int:
+    from ..sim.pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog, parse_listen
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         host, port = parse_listen(args.listen)
@@ -150,7 +151,7 @@ def _sim_factory(state_dir: str | None, scenario: str) -> _SimFactory:
 
 
 def add_pccs_parser(sim_subparsers: Any) -> None:
-    """Add ``pccs`` under the ``sim`` command (called from ``sim/cli.py``)."""
+    """Add ``pccs`` under the ``sim`` command (called from :mod:`.sim`)."""
     from ..sim import Scenario
 
     pccs = sim_subparsers.add_parser(

@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .dcap import Verifier
-from .errors import ProviderError
+from ..dcap import Verifier
+from ..errors import ProviderError
 
 PROG = "sealing-key-provider"
 

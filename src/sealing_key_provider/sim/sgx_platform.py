@@ -1,4 +1,4 @@
-"""The SGX side on the simulated platform (:mod:`sealing_key_provider.sim`).
+"""The provider's SGX side on the simulated platform: :class:`~sealing_key_provider.platform.SgxPlatform`.
 
 The provider's enclave is played by an :class:`~sealing_key_provider.sim.SgxEnclaveIdentity`: its
 quotes are simulated v3 SGX quotes (as Gramine's ``/dev/attestation/quote``) and its sealing key comes
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import PlatformError
-from ..sim import SgxEnclaveIdentity, SimPlatform
-from . import SEALING_KEY_SIZE, check_report_data
+from ..platform.base import SEALING_KEY_SIZE, check_report_data
+from .platform import SgxEnclaveIdentity, SimPlatform
 
 KEY_POLICIES: Final = ("mrenclave", "mrsigner")
 

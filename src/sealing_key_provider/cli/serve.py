@@ -18,12 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from ..config import LOG_FORMATS, LOG_LEVELS, Config, LoggingConfig, apply_overrides
+from ..collateral import CollateralSource
+from ..config import LOG_FORMATS, LOG_LEVELS, Config, LoggingConfig, PlatformConfig, apply_overrides
 from ..errors import ConfigError, ProviderError, RestartRequired
-from .app import ProviderServer
-from .assembly import build_collateral, build_provider
-from .logs import configure_logging
-from .service import RESTART_MESSAGE
+from ..platform import SgxPlatform
+from ..provider import Provider
+from ..server.app import ProviderServer
+from ..server.assembly import build_collateral, build_provider
+from ..server.logs import configure_logging
+from ..server.service import RESTART_MESSAGE
 
 log = logging.getLogger("sealing_key_provider.server")
 
@@ -149,9 +152,57 @@ def load_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     return Config.from_mapping(merged), note
 
 
+def open_platform(config: PlatformConfig, *, dev_mode: bool = False) -> SgxPlatform:
+    """The backend ``[platform]`` names, opened (Gramine: ``attestation_type`` checked now).
+
+    The composition root of ``serve``: backends are imported here, when chosen, so that production
+    never loads the simulator and the simulator never needs Gramine's files.
+    """
+    if config.kind == "gramine":
+        from ..platform.gramine import GraminePlatform
+
+        return GraminePlatform(config.attestation_dir, config.sealing_key_policy)
+    from ..sim import SimSgxPlatform
+
+    if config.sim_state_dir is None:
+        raise ValueError("platform.sim_state_dir is required for the simulated platform")
+    return SimSgxPlatform.load(
+        config.sim_state_dir,
+        mrenclave=bytes.fromhex(config.sim_mrenclave) if config.sim_mrenclave else None,
+        mrsigner=bytes.fromhex(config.sim_mrsigner) if config.sim_mrsigner else None,
+        key_policy=config.sealing_key_policy,
+        dev_mode=dev_mode,
+        quote_latency_ms=config.quote_latency_ms,
+    )
+
+
+def ensure_sim_state(config: Config) -> None:
+    """Create the simulated platform's state directory on first use (so ``serve`` runs anywhere)."""
+    if config.platform.kind != "sim" or config.platform.sim_state_dir is None:
+        return
+    from ..sim import SimPlatform, SimStateNotFound
+
+    try:
+        SimPlatform.load(config.platform.sim_state_dir)
+    except SimStateNotFound:
+        SimPlatform.init(config.platform.sim_state_dir)
+        log.info("created a new simulated platform in %s", config.platform.sim_state_dir)
+
+
+def open_configured_platform(config: Config) -> SgxPlatform:
+    """The platform ``config`` names, with the simulator's state created on first use."""
+    ensure_sim_state(config)
+    return open_platform(config.platform, dev_mode=config.dev_mode)
+
+
+def start_provider(config: Config, collateral: CollateralSource) -> Provider:
+    """Open the platform and build the provider (blocking I/O: run in a thread)."""
+    return build_provider(config, open_configured_platform(config), collateral=collateral)
+
+
 async def _serve(config: Config) -> int:
     collateral = build_collateral(config)
-    provider = await asyncio.to_thread(build_provider, config, collateral=collateral)
+    provider = await asyncio.to_thread(start_provider, config, collateral)
     me = provider.identity
     # What TDs pin (get-key --expect-mrenclave / --expect-mrsigner), also served by GET /v1/info.
     log.info(

@@ -31,10 +31,10 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..collateral.cache import collateral_next_update
+from ..collateral.source import FileSource
 from ..dcap.collateral import Collateral, parse_enclave_identity, parse_tcb_info
 from ..errors import CollateralMalformed, ConfigError
-from .cache import collateral_next_update
-from .source import FileSource
 
 log = logging.getLogger(__name__)
 

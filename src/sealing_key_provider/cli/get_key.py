@@ -22,7 +22,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..cliutil import (
+from ..client.detect import NOT_A_TD_HINT, detect_quote_source
+from ..client.quote_source import QuoteSource, QuoteSourceUnavailable
+from ..client.ratls import RaTlsTransport
+from ..client.sdk import KeyClient, ProviderKey
+from ..client.secret import wipe
+from ..client.tdx_guest import DEFAULT_TDX_GUEST_DEVICE, qgs_source_from_system
+from ..client.transport import DEFAULT_TIMEOUT, HttpTransport, LegacyTransport, Transport, parse_address
+from ..client.trust import ProviderTrust
+from ..collateral import CollateralSource, FileSource
+from ..collateral.build import build_source
+from ..config import DEFAULT_PCCS_URL
+from ..errors import ConfigError, ProviderError
+from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME, MAX_KEY_VERSION
+from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
+from .common import (
     InputFileError,
     hex_arg,
     read_input_file,
@@ -31,27 +45,6 @@ from ..cliutil import (
     usage_error,
     verifier_for_anchor,
 )
-from ..collateral import CollateralSource, FileSource
-from ..collateral.build import build_source
-from ..config import DEFAULT_PCCS_URL
-from ..errors import ConfigError, ProviderError
-from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME, MAX_KEY_VERSION
-from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
-from .quote_source import (
-    DEFAULT_SIM_MRTD,
-    DEFAULT_SIM_RTMRS,
-    NOT_A_TD_HINT,
-    QuoteSource,
-    QuoteSourceUnavailable,
-    SimTdQuoteSource,
-    detect_quote_source,
-)
-from .ratls import RaTlsTransport
-from .sdk import KeyClient, ProviderKey
-from .secret import wipe
-from .tdx_guest import DEFAULT_TDX_GUEST_DEVICE, qgs_source_from_system
-from .transport import DEFAULT_TIMEOUT, HttpTransport, LegacyTransport, Transport, parse_address
-from .trust import ProviderTrust
 
 PROG = "sealing-key-provider get-key"
 
@@ -150,7 +143,8 @@ def write_key_file(path: str | Path, key: bytes, *, force: bool = False) -> None
 
 def _quote_source(args: argparse.Namespace) -> QuoteSource:
     if args.quote_source == "sim":
-        from ..sim import default_state_dir
+        # The composition root: only here (and in the demo) does a TD-side command load the simulator.
+        from ..sim import DEFAULT_SIM_MRTD, DEFAULT_SIM_RTMRS, SimTdQuoteSource, default_state_dir
 
         rtmrs = [
             bytes.fromhex(given) if given is not None else default

@@ -14,13 +14,13 @@ import sys
 import time
 from typing import Any
 
-from ..cliutil import InputFileError, read_input_file, usage_error, verifier_for_anchor
-from ..collateral.cli import add_client_arguments, client_from_args, fetch_for_quote_bytes
 from ..collateral.source import FileSource, for_quote
+from ..dcap.abi import parse_quote
+from ..dcap.collateral import Collateral
+from ..dcap.describe import quote_dict
 from ..errors import ProviderError
-from .abi import parse_quote
-from .collateral import Collateral
-from .describe import quote_dict
+from .collateral import add_client_arguments, client_from_args, fetch_for_quote_bytes
+from .common import InputFileError, read_input_file, usage_error, verifier_for_anchor
 
 
 def _print_table(obj: dict[str, Any], indent: int = 0) -> None:

@@ -272,8 +272,10 @@ A stateless SGX enclave service that gives Intel TDX VMs (TDs) a stable sealing 
 A TD sends its DCAP quote with an X25519 public key in `report_data[0:32]`. The provider verifies
 the quote, checks that the TD runs on the same physical platform, applies its release policy,
 derives a key from its SGX sealing key and the TD's measurements, and returns it sealed to the TD's
-key, with its own SGX quote binding the response (report data = SHA-256(encrypted_key) ||
-SHA-256(request context)). Errors are `{"error": {"code", "message"}}` with stable codes.
+key. The answer binds SHA-256(encrypted_key) || SHA-256(request context) and is authenticated by a
+signature of the provider's attested key (`GET /v1/attestation`; the default over HTTP), by the RA-TLS
+channel it comes on (the HTTPS listener), or, on request (`"evidence": "quote"`), by a per-request
+SGX quote. Errors are `{"error": {"code", "message"}}` with stable codes.
 """
 
 

@@ -1,4 +1,5 @@
-"""Run both listeners (legacy TCP and HTTP v1) in one asyncio event loop, and stop them cleanly.
+"""Run the listeners (legacy TCP, HTTP v1 and, if configured, HTTPS v1 over RA-TLS) in one asyncio
+event loop, renew the provider's attestation in the background, and stop them cleanly.
 
 uvicorn runs as a :class:`uvicorn.Server` inside our loop (not ``uvicorn.run``), on a socket we bind
 ourselves: binding errors are ours to report (uvicorn would ``sys.exit`` from inside a task), tests can
@@ -7,7 +8,7 @@ ours too: SIGTERM/SIGINT stop accepting, let in-flight requests finish within a 
 exit 0; a second signal stops at once. :class:`RestartRequired` (Gramine refuses attestation) stops
 at once with exit status 1, so the supervisor restarts the enclave, as the original did.
 
-``server.max_connections`` caps the open connections of both listeners together; one over it is
+``server.max_connections`` caps the open connections of all listeners together; one over it is
 closed at accept and logged ``OVERLOADED`` (:mod:`.http_protocol` plugs the budget into uvicorn).
 Requests that are admitted but find no worker slot in time get the JSON ``OVERLOADED`` from the gate.
 """
@@ -21,7 +22,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Final
 
 import uvicorn
 
@@ -31,7 +32,7 @@ from ..errors import ConfigError, PlatformError, RestartRequired
 from ..provider import Provider
 from .http_api import create_app
 from .http_protocol import budgeted_protocol
-from .https import RaTlsContext
+from .https import RaTlsContext, ratls_protocol
 from .legacy import LegacyServer
 from .metrics import Metrics
 from .service import KeyService
@@ -169,16 +170,18 @@ class ProviderServer:
             self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))
             log.info("listening on %s (HTTP API v1)", _url("http", http_sock))
         if https_sock is not None and tls is not None:
-            context = tls.context
+            # TLS is terminated by our protocol (handshake deadline, connection budget), not by uvicorn.
             self._https_uvicorn = _EmbeddedUvicorn(
-                self._uvicorn_config(ssl_context_factory=lambda config, default: context)
+                self._uvicorn_config(
+                    ratls_protocol(budgeted_protocol(self.service), self.service, tls.context)
+                )
             )
             self.https_address = https_sock.getsockname()[:2]
             self._https_task = asyncio.create_task(self._https_uvicorn.serve(sockets=[https_sock]))
             log.info("listening on %s (HTTP API v1 over RA-TLS)", _url("https", https_sock))
         self._maintenance_task = asyncio.create_task(self._maintain())
 
-    def _uvicorn_config(self, **extra: Any) -> uvicorn.Config:
+    def _uvicorn_config(self, http: type[asyncio.Protocol]) -> uvicorn.Config:
         return uvicorn.Config(
             self.app,
             log_config=None,
@@ -189,9 +192,8 @@ class ProviderServer:
             ws="none",
             timeout_keep_alive=KEEP_ALIVE,
             timeout_graceful_shutdown=int(self._grace) or 1,
-            http=budgeted_protocol(self.service),
+            http=http,
             h11_max_incomplete_event_size=MAX_HTTP_HEAD,
-            **extra,
         )
 
     async def _maintain(self) -> None:
@@ -287,7 +289,7 @@ class ProviderServer:
 class ServerThread:
     """A :class:`ProviderServer` on its own event loop in a background thread (tests, demos, benches).
 
-    ``start()`` returns once both listeners accept connections; ``stop()`` shuts down gracefully and
+    ``start()`` returns once the listeners accept connections; ``stop()`` shuts down gracefully and
     returns the exit status.
     """
 

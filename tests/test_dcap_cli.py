@@ -187,7 +187,8 @@ def test_unusable_input_files_are_usage_errors_naming_the_file(
     for argv, message in cases:
         code, out, err = _run(capsys, *argv, "--json")
         assert (code, out) == (2, ""), argv
-        assert err == f"sealing-key-provider: error: {message}\n"
+        prog = "sealing-key-provider " + " ".join(argv[:2])
+        assert err == f"{prog}: error: {message}\nTry '{prog} --help' for the options.\n"
 
 
 def test_a_p256_trust_anchor_file_is_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

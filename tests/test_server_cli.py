@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sealing_key_provider.cli import build_parser
+from sealing_key_provider.cli import build_parser, main
 from sealing_key_provider.cli import serve as serve_cli
 from sealing_key_provider.config import Config
 from sealing_key_provider.errors import ConfigError, PlatformError, RestartRequired
-from sealing_key_provider.sim import SimPlatform
+from sealing_key_provider.sim import SimPlatform, default_state_dir
 from tests.test_server_support import (
     ROOT,
     Td,
@@ -92,12 +92,25 @@ def test_flags_override_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     path.write_text('[server]\nhttp_listen = "127.0.0.1:1"\n[collateral]\nfile = "/f.json"\n')
     monkeypatch.setattr(serve_cli, "GRAMINE_QUOTE_FILE", tmp_path / "absent")
     config, note = serve_cli.load_config(
-        parse("--config", str(path), "--pccs-url", "https://pccs.local:8081")
+        parse("--config", str(path), "--pccs-url", "https://pccs.local:8081", "--platform", "sim")
     )
     assert config.collateral.pccs_url == "https://pccs.local:8081" and config.collateral.file is None
     assert config.server.http_listen == "127.0.0.1:1"
-    assert config.platform.kind == "sim" and config.platform.sim_state_dir  # default sim state dir
-    assert note is not None and "does not exist" in note
+    assert config.platform.kind == "sim" and config.platform.sim_state_dir == str(default_state_dir())
+    assert note is None
+
+
+def test_no_platform_outside_an_enclave_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve` with no arguments on a machine without Gramine creates nothing and names both choices."""
+    monkeypatch.setattr(serve_cli, "GRAMINE_QUOTE_FILE", tmp_path / "absent")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert main(["serve"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("sealing-key-provider serve: error: no platform chosen")
+    assert "--platform sim" in lines[0] and "Gramine" in lines[0] and "--help" in lines[1]
+    assert not (tmp_path / "data").exists()
 
 
 def test_platform_auto_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,12 +128,12 @@ def test_platform_auto_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_startup_errors_exit_1_with_the_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:
-    assert serve_cli.run(parse("--config", str(tmp_path / "missing.toml"))) == 1
-    assert "start-up failed code=CONFIG_INVALID" in capsys.readouterr().err
+    assert serve_cli.run(parse("--config", str(tmp_path / "missing.toml"), "--platform=sim")) == 1
+    assert capsys.readouterr().err.startswith("CONFIG_INVALID: configuration file")
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nio_timout = 1\n")
-    assert serve_cli.run(parse("--config", str(bad))) == 1
-    assert "unknown key server.io_timout" in capsys.readouterr().err
+    assert serve_cli.run(parse("--config", str(bad), "--platform=sim")) == 1
+    assert capsys.readouterr().err.startswith("CONFIG_INVALID: unknown key server.io_timout")
     # A platform that cannot attest: Gramine's files are absent here.
     assert serve_cli.run(parse("--platform=gramine", f"--collateral={bad}")) == 1
     err = capsys.readouterr().err

@@ -22,6 +22,7 @@ Layouts (all framed by :func:`~.binding.encode_fields`, so distinct inputs never
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -34,7 +35,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .binding import REPORT_DATA_SIZE, SHA256_SIZE, encode_fields
 from .errors import BadRequest, ResponseBindingInvalid
-from .wire import b64decode
 
 #: Domain-separation label of the attestation statement (part of the hashed bytes).
 ATTESTATION_LABEL: Final = b"gramine-sealing-key-provider/attested-key-v1"
@@ -187,7 +187,19 @@ class AttestationDocument:
             raise BadRequest("attestation_id must be 32 lower-case hex digits")
         if not hmac.compare_digest(claimed, statement.attestation_id):
             raise BadRequest("attestation_id is not the id of the attestation's statement")
-        return cls(statement, b64decode(obj["quote"], "attestation quote", MAX_ATTESTATION_QUOTE))
+        return cls(statement, _b64(obj["quote"]))
+
+
+def _b64(value: object) -> bytes:
+    """The attestation quote: strict standard base64, bounded before decoding."""
+    if not isinstance(value, str):
+        raise BadRequest("attestation quote must be a base64 string")
+    if len(value) > (MAX_ATTESTATION_QUOTE * 4) // 3 + 4:
+        raise BadRequest(f"attestation quote is larger than {MAX_ATTESTATION_QUOTE} bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("attestation quote is not valid base64") from None
 
 
 def _hex(obj: dict[str, Any], name: str) -> bytes:

@@ -45,13 +45,14 @@ _HEX32_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port). Hosts are IP literals or DNS names."""
+    """``host:port`` or ``[v6]:port`` → (host, port). Hosts are IP literals or DNS names; port 0 asks
+    the system for a free port (the server logs and prints the one it bound)."""
     host, sep, port_s = value.rpartition(":")
     if not sep or not host or not port_s.isdigit():
         raise ConfigError(f"{where} must be host:port, got {value!r}")
     port = int(port_s)
-    if not 0 < port < 65536:
-        raise ConfigError(f"{where}: port {port} is out of range 1..65535")
+    if not 0 <= port < 65536:
+        raise ConfigError(f"{where}: port {port} is out of range 0..65535")
     if host.startswith("["):
         if not host.endswith("]"):
             raise ConfigError(f"{where}: unbalanced brackets in {value!r}")

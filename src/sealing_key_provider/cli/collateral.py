@@ -15,21 +15,27 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..collateral.pccs_client import DEFAULT_TIMEOUT, PccsClient
-from ..collateral.source import CollateralKey, bundle_json, for_quote
-from ..dcap.abi import parse_quote
-from ..dcap.collateral import Collateral
 from ..errors import ConfigError, ProviderError
-from .common import InputFileError, read_input_file, usage_error, write_atomically
+from .common import (
+    InputFileError,
+    pccs_url_arg,
+    read_input_file,
+    report_failure,
+    usage_error,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
+    from ..collateral.pccs_client import PccsClient
+    from ..collateral.source import CollateralKey
+    from ..dcap.collateral import Collateral
     from ..sim import SimPlatform
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     """PCCS connection options, shared by every command that can fetch collateral."""
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="total seconds for all requests"
+        "--timeout", type=float, help="total seconds for all requests (default: the PCCS client's, 10)"
     )
     parser.add_argument(
         "--ca-bundle", metavar="FILE", help="CA certificates to verify the PCCS TLS certificate"
@@ -42,17 +48,25 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def client_from_args(url: str, args: argparse.Namespace) -> PccsClient:
-    return PccsClient(url, timeout=args.timeout, ca_bundle=args.ca_bundle, insecure=args.insecure)
+    from ..collateral.pccs_client import PccsClient
+
+    timeout = {} if args.timeout is None else {"timeout": args.timeout}
+    return PccsClient(url, ca_bundle=args.ca_bundle, insecure=args.insecure, **timeout)
 
 
 def fetch_for_quote_bytes(data: bytes, client: PccsClient) -> tuple[CollateralKey, Collateral]:
     """Parse a quote, work out its collateral key and fetch the collateral."""
+    from ..collateral.source import CollateralKey, for_quote
+    from ..dcap.abi import parse_quote
+
     quote = parse_quote(data)
     tee, fmspc, ca = for_quote(quote)
     return CollateralKey(tee, fmspc, ca), client.get(tee, fmspc, ca)
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    from ..collateral.source import bundle_json
+
     out = Path(args.out)
     # Every quote is read before the PCCS is asked anything: an unreadable one is a usage error (exit 2).
     try:
@@ -69,11 +83,9 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         text = next(iter(fetched.values())).to_json() if len(args.quote) == 1 else bundle_json(fetched)
         write_atomically(out, (text).encode("utf-8"))
     except ProviderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return report_failure(e)
     except OSError as e:
-        print(f"error: cannot write {out}: {e.strerror}", file=sys.stderr)
-        return 1
+        return report_failure(e, f"cannot write {out}")
     print(str(out))
     return 0
 
@@ -97,6 +109,7 @@ def register(subparsers: Any) -> None:
     fetch.add_argument(
         "--pccs-url",
         required=True,
+        type=pccs_url_arg,
         metavar="URL",
         help="e.g. https://localhost:8081 or https://api.trustedservices.intel.com",
     )
@@ -123,11 +136,9 @@ def _cmd_pccs(args: argparse.Namespace) -> int:
             catalog.entries()  # generate now, so a broken state directory fails at start-up
         server = PccsServer(catalog, host, port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except ProviderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return report_failure(e)
     except OSError as e:
-        print(f"error: cannot listen on {args.listen}: {e.strerror}", file=sys.stderr)
-        return 1
+        return report_failure(e, f"cannot listen on {args.listen}")
     # The URL on stdout, once serving, lets scripts use --listen HOST:0 and learn the port.
     server.serve_until_signalled(on_ready=lambda: print(server.url, flush=True))
     return 0

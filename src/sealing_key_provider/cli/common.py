@@ -1,7 +1,10 @@
-"""Helpers every subcommand shares: exit codes, error reports and whole-file writes.
+"""Helpers every subcommand shares: the exit contract, input files, whole-file writes, argument types.
 
-Exit codes are the CLI's contract: 0 success, 1 the operation failed (a check did not pass; the message
-starts with the error code), 2 usage errors.
+Exit codes are the CLI's contract: 0 success; 1 the operation failed, with exactly one line on stderr
+that starts with the error code (``CODE: message``); 2 a usage error, with one line naming the bad flag
+or value and a one-line hint to ``--help``.
+
+This module is imported by every command, including ``--version``: it imports nothing heavy at the top.
 """
 
 from __future__ import annotations
@@ -12,11 +15,30 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
-from ..dcap import Verifier
 from ..errors import ProviderError
 
-PROG = "sealing-key-provider"
+if TYPE_CHECKING:
+    from ..dcap import Verifier
+
+PROG: Final = "sealing-key-provider"
+#: The code of a failure that is the operating system's (a file that cannot be written, a port in use).
+IO_ERROR: Final = "IO_ERROR"
+
+#: How the verifier says a certificate chain ends in another root than the trusted one (it names both).
+ROOT_MISMATCH: Final = "not the trusted root"
+#: What to do about it on the command line.
+TRUST_ANCHOR_HINT: Final = "--trust-anchor PEM trusts another root than Intel's (the simulator's is root-ca.pem in its state directory)"
+
+#: The running command's name as argparse knows it (``sealing-key-provider get-key``), set by the
+#: dispatcher once the arguments are parsed, so that every usage error points to the right ``--help``.
+_running_prog = [PROG]
+
+
+def set_running_prog(prog: str) -> None:
+    _running_prog[0] = prog
+
 
 #: Bound for an input file named on the command line (a quote is ~5 KiB, collateral ~20 KiB, a bundle
 #: of a few platforms well under this).
@@ -46,6 +68,8 @@ def read_input_file(path: str | Path, what: str, limit: int = MAX_INPUT_FILE) ->
 def verifier_for_anchor(path: str | None) -> Verifier:
     """The DCAP verifier: the pinned Intel root, or the ``--trust-anchor`` file (PEM or DER), read and
     checked up front so an unusable one is an :class:`InputFileError` (exit 2) before anything is sent."""
+    from ..dcap import Verifier
+
     if path is None:
         return Verifier()
     data = read_input_file(path, "trust anchor")
@@ -55,17 +79,35 @@ def verifier_for_anchor(path: str | None) -> Verifier:
         raise InputFileError(f"trust anchor {path} is not a usable root CA certificate: {e.message}") from e
 
 
-def usage_error(message: str, prog: str = PROG) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+def usage_message(message: str, prog: str | None = None) -> str:
+    """The two lines of a usage error: what is wrong (naming the flag or value), then where help is."""
+    prog = prog or _running_prog[0]
+    return f"{prog}: error: {message}\nTry '{prog} --help' for the options.\n"
+
+
+def usage_error(message: str, prog: str | None = None) -> int:
+    """Report a usage error (bad flag, value or input file) and return exit status 2."""
+    sys.stderr.write(usage_message(message, prog))
+    sys.stderr.flush()
     return 2
 
 
-def report_failure(error: ProviderError | OSError, prefix: str = f"{PROG}: ") -> int:
-    """Print a failure (code and message, or the OS error of a file) and return exit status 1."""
+def failure_line(error: ProviderError | OSError, what: str | None = None) -> str:
+    """``CODE: message`` for a failed check, or ``IO_ERROR: ...`` for an error of the operating system;
+    ``what`` says what was being done (``cannot write key.bin``) when the OS error does not name it."""
     if isinstance(error, ProviderError):
-        print(f"{prefix}{error}", file=sys.stderr)
-    else:
-        print(f"{prefix}{error.filename or ''}: {error.strerror}", file=sys.stderr)
+        message = " ".join(error.message.splitlines())
+        if ROOT_MISMATCH in message:
+            message += f"; {TRUST_ANCHOR_HINT}"
+        return f"{error.code}: {message}"
+    reason = error.strerror or str(error)
+    subject = what or (f"{error.filename}" if error.filename else "I/O failed")
+    return f"{IO_ERROR}: {subject}: {reason}"
+
+
+def report_failure(error: ProviderError | OSError, what: str | None = None) -> int:
+    """Print a failure as exactly one line that starts with its code, and return exit status 1."""
+    print(failure_line(error, what), file=sys.stderr)
     return 1
 
 
@@ -103,6 +145,17 @@ def hex_arg(size: int | None = None, max_size: int | None = None) -> Callable[[s
         return raw
 
     return parse
+
+
+def pccs_url_arg(text: str) -> str:
+    """An argparse type: a PCCS or Intel PCS base URL, checked at parse time (a bad one is exit 2)."""
+    from ..collateral.pccs_client import normalise_base_url
+
+    try:
+        normalise_base_url(text)
+    except ProviderError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    return text
 
 
 def u16_arg(text: str) -> int:

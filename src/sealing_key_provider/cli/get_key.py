@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..client.detect import NOT_A_TD_HINT, detect_quote_source
-from ..client.quote_source import QuoteSource, QuoteSourceUnavailable
+from ..client.quote_base import QuoteSource, QuoteSourceUnavailable
 from ..client.ratls import RaTlsTransport
 from ..client.sdk import KeyClient, ProviderKey
 from ..client.secret import wipe
@@ -39,6 +39,7 @@ from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
 from .common import (
     InputFileError,
     hex_arg,
+    pccs_url_arg,
     read_input_file,
     report_failure,
     u16_arg,
@@ -90,7 +91,7 @@ def _usage(message: str) -> int:
 
 
 def _fail(error: ProviderError | OSError) -> int:
-    return report_failure(error, f"{PROG}: ")
+    return report_failure(error)
 
 
 # --- output -----------------------------------------------------------------------------------------
@@ -414,7 +415,10 @@ def register(subparsers: Any) -> None:
     verify = p.add_argument_group("verifying the provider's quote")
     coll = verify.add_mutually_exclusive_group()
     coll.add_argument(
-        "--pccs-url", metavar="URL", help=f"PCCS or Intel PCS for collateral (default {DEFAULT_PCCS_URL})"
+        "--pccs-url",
+        type=pccs_url_arg,
+        metavar="URL",
+        help=f"PCCS or Intel PCS for collateral (default {DEFAULT_PCCS_URL})",
     )
     coll.add_argument("--collateral", metavar="FILE", help="collateral file or bundle (offline)")
     tls = verify.add_mutually_exclusive_group()

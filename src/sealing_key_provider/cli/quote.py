@@ -1,26 +1,29 @@
 """``sealing-key-provider quote inspect|verify``: look inside a quote, or verify it with collateral.
 
-This module is the command-line edge, not part of the pure ``dcap`` API (``sealing_key_provider.dcap``
-never imports it): it reads the files named on the command line and, like every CLI module, may use
-the ``collateral`` package (a PCCS client; the collateral file and bundle reader). Nothing in
-``collateral`` imports this module, so there is no cycle.
+It reads the files named on the command line; ``verify`` uses the ``collateral`` package (a PCCS
+client; the collateral file and bundle reader), imported when it runs so that ``inspect`` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
-from ..collateral.source import FileSource, for_quote
 from ..dcap.abi import parse_quote
 from ..dcap.collateral import Collateral
 from ..dcap.describe import quote_dict
 from ..errors import ProviderError
-from .collateral import add_client_arguments, client_from_args, fetch_for_quote_bytes
-from .common import InputFileError, read_input_file, usage_error, verifier_for_anchor
+from .collateral import add_client_arguments
+from .common import (
+    InputFileError,
+    pccs_url_arg,
+    read_input_file,
+    report_failure,
+    usage_error,
+    verifier_for_anchor,
+)
 
 
 def _print_table(obj: dict[str, Any], indent: int = 0) -> None:
@@ -39,6 +42,13 @@ def _usage(message: str) -> int:
     return usage_error(message)
 
 
+def _failed(error: ProviderError, as_json: bool) -> int:
+    """A failed check: the ``CODE: message`` line on stderr, and with ``--json`` the same code on stdout."""
+    if as_json:
+        print(json.dumps({"ok": False, "error": error.to_dict()}))
+    return report_failure(error)
+
+
 def _inspect(args: argparse.Namespace) -> int:
     try:
         data = read_input_file(args.file, "quote")
@@ -47,11 +57,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         quote = parse_quote(data)
     except ProviderError as e:
-        if args.json:
-            print(json.dumps({"ok": False, "error": e.to_dict()}))
-        else:
-            print(f"{e.code}: {e.message}", file=sys.stderr)
-        return 1
+        return _failed(e, args.json)
     info = quote_dict(quote)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -67,6 +73,9 @@ def load_collateral(args: argparse.Namespace, quote: bytes, collateral_file: byt
     A bundle entry is picked by :class:`~sealing_key_provider.collateral.FileSource` for the quote's
     (TEE type, FMSPC, PCK CA), exactly as ``get-key --collateral`` and ``serve --collateral`` pick it.
     """
+    from ..collateral.source import FileSource, for_quote
+    from .collateral import client_from_args, fetch_for_quote_bytes
+
     if collateral_file is None:
         with client_from_args(args.pccs_url, args) as client:
             return fetch_for_quote_bytes(quote, client)[1]
@@ -89,11 +98,7 @@ def _verify(args: argparse.Namespace) -> int:
         collateral = load_collateral(args, data, collateral_file)
         result = verifier.verify(data, collateral, now)
     except ProviderError as e:
-        if args.json:
-            print(json.dumps({"ok": False, "error": e.to_dict()}))
-        else:
-            print(f"verification FAILED: {e.code}: {e.message}", file=sys.stderr)
-        return 1
+        return _failed(e, args.json)
     out = {"ok": True, **result.to_dict(), "verified_at": now}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -132,7 +137,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     # --pccs-url's connection options are owned by the collateral package.
-    source.add_argument("--pccs-url", metavar="URL", help="fetch the collateral from this PCCS or Intel PCS")
+    source.add_argument(
+        "--pccs-url",
+        type=pccs_url_arg,
+        metavar="URL",
+        help="fetch the collateral from this PCCS or Intel PCS",
+    )
     v.add_argument("--at", type=int, metavar="UNIX_SECONDS", help="verification time (default: now)")
     v.add_argument("--trust-anchor", metavar="PEM", help="root CA to trust instead of Intel's (tests, sim)")
     v.add_argument("--json", action="store_true", help="print JSON")

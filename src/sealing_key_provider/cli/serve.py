@@ -2,9 +2,14 @@
 
 A TOML file (``--config``) holds everything; each flag is a dotted-key override applied before
 validation, so a flag can never produce a configuration the file could not (see :mod:`..config`).
-Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when start-up fails (the error code and
-message are logged) or when Gramine refuses attestation (``RESTART_REQUIRED``: the supervisor
-restarts the enclave), 2 for usage errors.
+Exit status: 0 after a clean shutdown (SIGTERM/SIGINT); 1 when start-up fails (a configuration that
+cannot be read or is invalid prints ``CODE: message``; later failures are logged with their code) or
+when Gramine refuses attestation (``RESTART_REQUIRED``: the supervisor restarts the enclave); 2 for
+usage errors, including no platform chosen outside an enclave.
+
+Once both listeners accept connections, their bound addresses are printed on stdout (port 0 asks for
+a free port, and this is how a script learns it), and on the simulated platform so is a ready-to-paste
+``get-key`` command for a simulated TD of the same platform.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from ..collateral import CollateralSource
-from ..config import LOG_FORMATS, LOG_LEVELS, Config, LoggingConfig, PlatformConfig, apply_overrides
+from ..config import LOG_FORMATS, LOG_LEVELS, Config, PlatformConfig, apply_overrides
 from ..errors import ConfigError, ProviderError, RestartRequired
 from ..platform import SgxPlatform
 from ..provider import Provider
@@ -27,6 +33,7 @@ from ..server.app import ProviderServer
 from ..server.assembly import build_collateral, build_provider
 from ..server.logs import configure_logging
 from ..server.service import RESTART_MESSAGE
+from .common import report_failure, usage_error
 
 log = logging.getLogger("sealing_key_provider.server")
 
@@ -47,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--platform",
         choices=("gramine", "sim"),
-        help="SGX backend (default: gramine when /dev/attestation/quote exists, else sim)",
+        help="SGX backend: gramine (production, inside the enclave: the default when "
+        "/dev/attestation/quote exists) or sim (the simulator, for development)",
     )
     p.add_argument("--state-dir", metavar="DIR", help="simulated platform state (platform.sim_state_dir)")
     p.add_argument("--legacy-listen", metavar="HOST:PORT", help="legacy TCP listener (server.legacy_listen)")
@@ -126,24 +134,33 @@ def read_toml(path: str) -> dict[str, object]:
         raise ConfigError(f"configuration file {path!r} is not valid TOML: {exc}") from None
 
 
+class NoPlatformChosen(Exception):
+    """Neither the file nor ``--platform`` names a platform and this is not a Gramine enclave (usage error)."""
+
+
+NO_PLATFORM_MESSAGE: Final = (
+    f"no platform chosen and {GRAMINE_QUOTE_FILE} does not exist: pass --platform sim to run on the "
+    "simulator (development), or run the provider under Gramine (make SGX=1 run-provider) for production"
+)
+
+
 def load_config(args: argparse.Namespace) -> tuple[Config, str | None]:
     """The configuration (file, then flags) and, when the platform was auto-detected, a line saying how.
 
     Without ``platform.kind`` from the file or ``--platform``, the platform is Gramine inside an
-    enclave (``/dev/attestation/quote`` exists) and the simulator elsewhere; the simulator's state
-    directory defaults to the one ``sim init`` uses.
+    enclave (``/dev/attestation/quote`` exists); elsewhere :class:`NoPlatformChosen`: the simulator is
+    never chosen silently. The simulator's state directory defaults to the one ``sim init`` and
+    ``get-key --quote-source sim`` use.
     """
     merged = apply_overrides(read_toml(args.config) if args.config else {}, overrides_from_args(args))
     note = None
     table = merged.get("platform", {})
     if isinstance(table, Mapping):
         if "kind" not in table:
-            kind = "gramine" if GRAMINE_QUOTE_FILE.exists() else "sim"
-            merged = apply_overrides(merged, {"platform.kind": kind})
-            note = (
-                f"platform: {kind} ({GRAMINE_QUOTE_FILE} "
-                f"{'exists' if kind == 'gramine' else 'does not exist'}; choose with --platform)"
-            )
+            if not GRAMINE_QUOTE_FILE.exists():
+                raise NoPlatformChosen(NO_PLATFORM_MESSAGE)
+            merged = apply_overrides(merged, {"platform.kind": "gramine"})
+            note = f"platform: gramine ({GRAMINE_QUOTE_FILE} exists; choose with --platform)"
         table = merged.get("platform", {})
         if isinstance(table, Mapping) and table.get("kind") == "sim" and not table.get("sim_state_dir"):
             from ..sim import default_state_dir
@@ -215,16 +232,60 @@ async def _serve(config: Config) -> int:
         config.platform.kind,
     )
     server = ProviderServer(provider, config, collateral=collateral)
-    return await server.serve()
+    return await server.serve(on_ready=lambda: announce(server, config, provider))
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def get_key_command(config: Config, provider: Provider, http: str | None, legacy: str | None) -> str | None:
+    """The ``get-key`` command line for a simulated TD of this simulated platform, or ``None``."""
+    if (
+        config.platform.kind != "sim"
+        or config.platform.sim_state_dir is None
+        or (http is None and not legacy)
+    ):
+        return None
+    state = config.platform.sim_state_dir
+    parts = [
+        "sealing-key-provider get-key",
+        f"--provider http://{http}" if http is not None else f"--provider {legacy}",
+        f"--expect-mrenclave {provider.identity.mrenclave.hex()}",
+        f"--quote-source sim --sim-state-dir {shlex.quote(state)}",
+        f"--trust-anchor {shlex.quote(config.collateral.trust_anchor or str(Path(state) / 'root-ca.pem'))}",
+    ]
+    if config.collateral.file:
+        parts.append(f"--collateral {shlex.quote(config.collateral.file)}")
+    elif config.collateral.pccs_url:
+        parts.append(f"--pccs-url {shlex.quote(config.collateral.pccs_url)}")
+    parts.append("--out key.bin")
+    return " ".join(parts)
+
+
+def announce(server: ProviderServer, config: Config, provider: Provider) -> None:
+    """Print the bound addresses (scripts read them: port 0 is any free port) and, on the simulator,
+    the get-key command for a simulated TD; stdout, so that it is not mixed with the log."""
+    legacy = _hostport(server.legacy_address) if server.legacy_address else None
+    http = _hostport(server.http_address) if server.http_address else None
+    if legacy is not None:
+        print(f"listening legacy {legacy}")
+    if http is not None:
+        print(f"listening http http://{http}")
+    command = get_key_command(config, provider, http, legacy)
+    if command is not None:
+        print(f"get a key for a simulated TD of this platform:\n  {command}")
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config, note = load_config(args)
+    except NoPlatformChosen as e:
+        return usage_error(str(e))
     except ProviderError as e:
-        configure_logging(LoggingConfig())
-        log.error("start-up failed code=%s reason=%s", e.code, e.message)
-        return 1
+        return report_failure(e)
     configure_logging(config.logging)
     if note is not None:
         log.info("%s", note)

@@ -29,11 +29,11 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _usage(message: str) -> int:
-    return usage_error(message, "sealing-key-provider sim")
+    return usage_error(message)
 
 
 def _fail(error: ProviderError | OSError) -> int:
-    return report_failure(error, "error: ")
+    return report_failure(error)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ and :mod:`.detect` picks the one this TD has. The simulated TD (development and 
 
 from .detect import detect_quote_source
 from .errors import ProviderRefused, ResponseMalformed, TdQuoteInvalid
-from .quote_source import ConfigfsTsmQuoteSource, QuoteSource
+from .quote_base import QuoteSource
+from .quote_source import ConfigfsTsmQuoteSource
 from .sdk import KeyClient, ProviderKey
 from .tdx_guest import QgsQuoteSource
 from .transport import HttpTransport, LegacyTransport, ProviderAnswer, Transport

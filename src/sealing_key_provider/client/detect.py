@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Final
 
-from .quote_source import DEFAULT_TSM_ROOT, ConfigfsTsmQuoteSource, QuoteSource, QuoteSourceUnavailable
+from .quote_base import QuoteSource, QuoteSourceUnavailable
+from .quote_source import DEFAULT_TSM_ROOT, ConfigfsTsmQuoteSource
 
 #: How :func:`detect_quote_source`'s error ends: the advice for library users (a CLI replaces it with
 #: its own option).

@@ -1,6 +1,7 @@
-"""The TD's own DCAP quote over 64 bytes of report data it chooses: the first step of every key request.
+"""The TD's own DCAP quote from configfs-tsm, the production source (the interface is :mod:`.quote_base`).
 
-Three sources implement :class:`QuoteSource`:
+Three sources implement :class:`~.quote_base.QuoteSource`, each an edge of its own that imports none
+of the others:
 
 - :class:`ConfigfsTsmQuoteSource`: the Linux TDX guest's configfs-tsm interface (kernel >= 6.7,
   ``/sys/kernel/config/tsm/report``). The kernel gets a TDREPORT from the TDX module and has the
@@ -15,7 +16,7 @@ Three sources implement :class:`QuoteSource`:
 QGS, and otherwise refuses: it never falls back to the simulator, because a simulated quote in
 production would only fail later, at the provider, with a less helpful error.
 
-configfs-tsm protocol (``shared/reference/tee-interfaces.md`` section 6.1). A report is a directory
+configfs-tsm protocol (the kernel's ``Documentation/ABI/testing/configfs-tsm``). A report is a directory
 the caller creates under the root; the kernel fills it with ``inblob`` (write the 64-byte report
 data), ``outblob`` (read: the quote, generated on the first read after a write), ``provider``
 (``tdx_guest`` on TDX) and ``generation`` (incremented by every write to the entry). A write is only
@@ -33,17 +34,22 @@ import hmac
 import logging
 import os
 import secrets
-import struct
 import threading
 from pathlib import Path
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol
 
-from ..dcap.abi import HEADER_SIZE, TD10_REPORT_SIZE, TD15_REPORT_SIZE, TEE_TYPE_TDX, BodyType
-from ..errors import BadRequest, ConfigError, PlatformError
+from ..errors import ConfigError, PlatformError
+from .quote_base import (
+    REPORT_DATA_SIZE,
+    QuoteSource,
+    QuoteSourceBusy,
+    QuoteSourceUnavailable,
+    check_report_data,
+    tdx_quote_report_data,
+)
 
 log = logging.getLogger(__name__)
 
-REPORT_DATA_SIZE: Final = 64
 DEFAULT_TSM_ROOT: Final = "/sys/kernel/config/tsm/report"
 #: ``TSM_OUTBLOB_MAX`` in the kernel: an outblob larger than this cannot come from configfs-tsm.
 MAX_OUTBLOB_SIZE: Final = 32 * 1024
@@ -52,11 +58,6 @@ MAX_OUTBLOB_SIZE: Final = 32 * 1024
 TDX_PROVIDER: Final = "tdx_guest"
 #: ``generation`` is a decimal counter and ``provider`` a short name; read a bounded amount of each.
 _SMALL_ATTRIBUTE_LIMIT: Final = 64
-_MEASUREMENT_SIZE: Final = 48
-#: Where a TD report body's REPORTDATA sits (after TEE_TCB_SVN, MRSEAM, ..., RTMR3), for 1.0 and 1.5.
-_TD_REPORT_DATA_OFFSET: Final = 520
-#: A v5 quote has a body descriptor (u16 type, u32 size) between the header and the body.
-_V5_BODY_DESCRIPTOR_SIZE: Final = 6
 
 #: errno values that mean "no TSM provider can serve this", not "this attempt failed".
 _UNAVAILABLE_ERRNOS: Final = frozenset(
@@ -71,68 +72,6 @@ _ERRNO_HINTS: Final = {
     errno.EINTR: "quote generation was interrupted by a signal",
     errno.EFBIG: f"the report is larger than configfs-tsm's {MAX_OUTBLOB_SIZE}-byte limit",
 }
-
-
-class QuoteSourceUnavailable(PlatformError):
-    """No usable TDX quote source here: not a TDX guest, no configfs-tsm, wrong provider, no permission.
-
-    Retrying does not help; the machine or the process's privileges must change.
-    """
-
-    code = "QUOTE_SOURCE_UNAVAILABLE"
-
-
-class QuoteSourceBusy(PlatformError):
-    """Someone else used the report entry or the quote service at the same time; retrying may help."""
-
-    code = "QUOTE_SOURCE_BUSY"
-
-
-@runtime_checkable
-class QuoteSource(Protocol):
-    """Where the TD gets its own DCAP quote. Implementations are safe to call from threads."""
-
-    def quote(self, report_data: bytes) -> bytes:
-        """A DCAP TDX quote (v4 or v5) whose REPORTDATA is exactly ``report_data`` (64 bytes)."""
-        ...
-
-
-def check_report_data(report_data: bytes | bytearray) -> bytes:
-    """Report data is exactly 64 bytes; padding or truncating it would make the quote bind other data."""
-    if not isinstance(report_data, (bytes, bytearray)):
-        raise BadRequest(f"report data must be bytes, got {type(report_data).__name__}")
-    if len(report_data) != REPORT_DATA_SIZE:
-        raise BadRequest(f"report data must be exactly {REPORT_DATA_SIZE} bytes, got {len(report_data)}")
-    return bytes(report_data)
-
-
-def tdx_quote_report_data(quote: bytes) -> bytes | None:
-    """REPORTDATA of a v4/v5 TDX quote by fixed offsets, or ``None`` if ``quote`` is not shaped like one.
-
-    Deliberately shallow (header and body position only, no certification data): the source checks
-    that the quote binds what it wrote, and leaves judging the rest of the quote to the verifier.
-    """
-    if len(quote) < HEADER_SIZE:
-        return None
-    version, _key_type, tee_type = struct.unpack_from("<HHI", quote, 0)
-    if tee_type != TEE_TYPE_TDX:
-        return None
-    if version == 4:
-        body_start, body_size = HEADER_SIZE, TD10_REPORT_SIZE
-    elif version == 5:
-        if len(quote) < HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE:
-            return None
-        body_type, body_size = struct.unpack_from("<HI", quote, HEADER_SIZE)
-        expected = {int(BodyType.TD10): TD10_REPORT_SIZE, int(BodyType.TD15): TD15_REPORT_SIZE}.get(body_type)
-        if expected is None or body_size != expected:
-            return None
-        body_start = HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE
-    else:
-        return None
-    if len(quote) < body_start + body_size:
-        return None
-    start = body_start + _TD_REPORT_DATA_OFFSET
-    return quote[start : start + REPORT_DATA_SIZE]
 
 
 # --- configfs-tsm ------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from ..keys import (
 from ..wire import EVIDENCE_QUOTE, EVIDENCE_RATLS, EVIDENCE_SIGNATURE, REQUESTABLE_EVIDENCE
 from .attested import AttestationCache, AttestationSource
 from .errors import TdQuoteInvalid
-from .quote_source import QuoteSource
+from .quote_base import QuoteSource
 from .ratls import RaTlsTransport, RaTlsVerifier, VerifiedCertificate
 from .secret import EphemeralKeyPair
 from .transport import (

@@ -5,7 +5,8 @@ libtdx_attest does it: ``ioctl(TDX_CMD_GET_REPORT0)`` on ``/dev/tdx_guest`` retu
 TDREPORT over 64 bytes of report data (MAC-ed by the CPU, verifiable only on this platform), and the
 host's Quote Generation Service, reached over vsock (host CID 2, port 4050 by default or
 ``port = N`` in ``/etc/tdx-attest.conf``), has its quoting enclave sign it into a DCAP quote.
-Facts: ``shared/reference/tee-interfaces.md`` sections 1.6 and 6.2.
+Facts: the kernel's ``include/uapi/linux/tdx-guest.h``, and Intel's libtdx_attest and QGS message
+library (SGX DCAP ``QuoteGeneration/quote_wrapper/tdx_attest`` and ``qgs_msg_lib``).
 
 QGS wire format: a 4-byte big-endian length, then a message: a 16-byte little-endian header
 (``u16 major=1, u16 minor=1, u32 type, u32 size`` of the whole message, ``u32 error_code``) and a body.
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from ..errors import ConfigError, PlatformError
-from .quote_source import (
+from .quote_base import (
     REPORT_DATA_SIZE,
     QuoteSourceBusy,
     QuoteSourceUnavailable,

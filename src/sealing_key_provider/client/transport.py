@@ -228,9 +228,12 @@ class HttpTransport:
 def parse_address(address: str) -> tuple[str, int]:
     """``host:port`` (or ``[v6]:port``) of a legacy provider; ValueError if it is not one."""
     try:
-        return parse_listen(address, "provider address")
+        host, port = parse_listen(address, "provider address")
     except ConfigError as e:
         raise ValueError(e.message) from None
+    if port == 0:
+        raise ValueError(f"provider address {address!r}: port 0 is not a port to connect to")
+    return host, port
 
 
 class LegacyTransport:

@@ -3,8 +3,8 @@
 This layer knows bytes only: no X.509, no policy. Every length read from the input is checked against
 the bytes that remain before it is used, and every failure is a :class:`QuoteMalformed` or
 :class:`UnsupportedQuote`. Bytes after the signature data are allowed and ignored (real quote files
-carry zero padding). Layouts follow Intel's ``sgx_quote_3.h``/``_4.h``/``_5.h``; offsets are in
-``shared/reference/tee-interfaces.md`` section 1.
+carry zero padding). Layouts follow Intel's ``sgx_quote_3.h``/``_4.h``/``_5.h`` (SGX DCAP,
+``QuoteGeneration/quote_wrapper/common/inc``) and the Intel TDX DCAP Quoting Library API.
 """
 
 from __future__ import annotations

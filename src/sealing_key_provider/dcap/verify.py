@@ -1,7 +1,7 @@
 """DCAP quote verification: Intel's algorithm over a parsed quote and already-fetched collateral.
 
 Pure: bytes and collateral in, a typed result or a typed error out; ``now`` is a parameter. The order
-of checks follows Intel's QVL (see ``shared/reference/tee-interfaces.md`` section 3), linearised so
+of checks follows Intel's Quote Verification Library (QVL, SGX DCAP ``QuoteVerification``), linearised so
 that a failure names the part that is broken: the PCK chain, the collateral, the QE, or the quote.
 
 Expiry policy: fail closed. Any certificate, CRL or collateral document outside its validity window at

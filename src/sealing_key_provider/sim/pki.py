@@ -1,7 +1,7 @@
 """A test PKI shaped like Intel's SGX PKI: root CA, PCK Platform CA, PCK certificates, TCB signing.
 
 Names, key types, signature algorithm, extensions and their order follow Intel's production
-certificates (see ``shared/reference/tee-interfaces.md`` section 2 and 3.1), so that the production
+certificates (Intel's "SGX PCK Certificate and CRL Profile" and PCS API specification), so that the production
 verifier walks exactly the same code paths on simulated chains. Every subject says it is simulated
 (``CN=Simulated Intel SGX ...``, ``O=Simulated Intel Corporation``) while keeping the CN phrases
 verifiers look for ("SGX Root CA", "SGX PCK Platform CA", "SGX PCK Certificate", "SGX TCB Signing").

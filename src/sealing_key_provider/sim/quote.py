@@ -1,7 +1,7 @@
 """Byte-exact assembly of SGX/TDX report bodies and DCAP quotes (v3, v4, v5).
 
-Layouts are Intel's ``sgx_report.h``, ``sgx_quote_3.h``/``_4.h``/``_5.h`` as summarised in
-``shared/reference/tee-interfaces.md`` section 1; the production parser (``dcap.abi``) and an
+Layouts are Intel's ``sgx_report.h``, ``sgx_quote_3.h``/``_4.h``/``_5.h`` (SGX DCAP,
+``QuoteGeneration/quote_wrapper/common/inc``); the production parser (``dcap.abi``) and an
 independent one (dcap-qvl) read what this module writes. Pure functions: keys and bytes in, bytes out.
 """
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from ..client.quote_source import check_report_data
+from ..client.quote_base import check_report_data
 from ..dcap.abi import BodyType
 from ..errors import ConfigError
 from .platform import DEFAULT_TD_ATTRIBUTES, DEFAULT_XFAM, SimPlatform

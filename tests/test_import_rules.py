@@ -1,0 +1,89 @@
+"""The import rules (pyproject.toml's import-linter contracts) hold, and a breach of each is caught and
+named: run on a copy of the package with one forbidden import planted per rule."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "sealing_key_provider"
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+#: (file, line to add, contract name, "importer -> imported" as the report names it)
+BREACHES = [
+    (
+        "server/assembly.py",
+        "from ..sim import SimPlatform as _SimPlatform",
+        "Production code never imports the simulator or the command line",
+        "sealing_key_provider.server.assembly -> sealing_key_provider.sim",
+    ),
+    (
+        "dcap/abi.py",
+        "from ..keys import DEFAULT_KEY_NAME as _DEFAULT_KEY_NAME",
+        "dcap imports nothing of the project but the error types",
+        "sealing_key_provider.dcap.abi -> sealing_key_provider.keys",
+    ),
+    (
+        "client/tdx_guest.py",
+        "from .quote_source import DEFAULT_TSM_ROOT as _DEFAULT_TSM_ROOT",
+        "client/quote_source.py and client/tdx_guest.py do not import each other",
+        "sealing_key_provider.client.tdx_guest -> sealing_key_provider.client.quote_source",
+    ),
+    (
+        "client/sdk.py",
+        "import fastapi as _fastapi",
+        "The TD side (client, get-key) needs neither the server nor its web stack",
+        "sealing_key_provider.client.sdk -> fastapi",
+    ),
+    (
+        "policy.py",
+        "from .provider import Provider as _Provider",
+        "One direction: the command line on top, dcap and the errors at the bottom",
+        "sealing_key_provider.policy -> sealing_key_provider.provider",
+    ),
+]
+
+
+def _lint(src: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=cwd,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "NO_COLOR": "1", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_project_keeps_every_contract(tmp_path: Path) -> None:
+    result = _lint(ROOT / "src", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def breached(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    src = tmp_path_factory.mktemp("breached") / "src"
+    shutil.copytree(PACKAGE, src / "sealing_key_provider", ignore=shutil.ignore_patterns("__pycache__"))
+    for file, line, _, _ in BREACHES:
+        path = src / "sealing_key_provider" / file
+        text = path.read_text()
+        assert line not in text
+        path.write_text(text + f"\n{line}\n")
+    return _lint(src, src.parent)
+
+
+@pytest.mark.parametrize(("file", "line", "contract", "edge"), BREACHES, ids=[b[0] for b in BREACHES])
+def test_a_forbidden_import_breaks_its_contract_and_is_named(
+    breached: subprocess.CompletedProcess[str], file: str, line: str, contract: str, edge: str
+) -> None:
+    out = " ".join(breached.stdout.split())
+    assert breached.returncode == 1, breached.stdout + breached.stderr
+    assert f"{' '.join(contract.split())} BROKEN" in out
+    assert edge in out, breached.stdout

@@ -69,6 +69,7 @@ def test_get_key_over_ratls_and_with_a_per_request_quote(
     served: ServedProvider, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--provider https://... verifies the RA-TLS certificate; the key is the one HTTP gives."""
+    assert f"listening https {served.https_url} (RA-TLS)" in served.log.read_text()
     rc, plain, err = run([*base(served), "--hex"], capsys)
     assert rc == 0, err
     rc, over_tls, err = run([*base(served, served.https_url), "--hex"], capsys)

@@ -273,6 +273,8 @@ def announce(server: ProviderServer, config: Config, provider: Provider) -> None
         print(f"listening legacy {legacy}")
     if http is not None:
         print(f"listening http http://{http}")
+    if server.https_address is not None:
+        print(f"listening https https://{_hostport(server.https_address)} (RA-TLS)")
     command = get_key_command(config, provider, http, legacy)
     if command is not None:
         print(f"get a key for a simulated TD of this platform:\n  {command}")

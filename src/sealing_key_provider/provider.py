@@ -1,9 +1,11 @@
-"""The request flow: one TD quote in, one sealed key and provider quote out (DESIGN.md steps 1-8).
+"""The request flow: one TD quote in, one sealed key out, authenticated (DESIGN.md steps 1-8).
 
 This module holds the flow and nothing else. It talks to the edges through small interfaces: an
 :class:`~.platform.SgxPlatform` (own quote, sealing key), a :class:`~.collateral.CollateralSource`, a
-clock. Both protocols (legacy TCP, HTTP v1) call :meth:`Provider.handle`; they differ only in the
-scheme they ask for and the report-data binding of the response.
+clock. Both protocols (legacy TCP, HTTP v1) call :meth:`Provider.handle`; they differ in the scheme
+they ask for, the binding of the response, and what authenticates it: a per-request SGX quote (legacy,
+or v1 on request), the attested key's signature (v1 default, :mod:`.attested_key`), or nothing more
+than the RA-TLS channel the answer goes back on.
 
 Every decision is written to the ``sealing_key_provider.audit`` logger: granted or denied, the code,
 a digest of the TD's measurements, key name and version, TCB status. Never key material.

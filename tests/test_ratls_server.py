@@ -10,8 +10,10 @@ import base64
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,6 +31,7 @@ from sealing_key_provider.sim import SimPlatform, SimSgxPlatform
 from tests.client_helpers import SimSource as ClientSimSource
 from tests.client_helpers import SimTd
 from tests.test_server_support import SimSource, Td, legacy_exchange, server_config
+from tests.tls_helpers import self_signed_localhost
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +244,46 @@ def test_stalled_handshakes_count_against_the_budget_and_are_cut_off(provider: P
                     s.close()
         with httpx.Client(base_url=_url(address, "https"), timeout=10, verify=False) as https:
             assert https.get("/healthz").status_code == 200
+
+
+class _RecordingTlsServer(threading.Thread):
+    """A TLS server with an ordinary (not RA-TLS) certificate that records what a client sends after
+    the handshake, then answers like the provider would if it were asked."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        super().__init__(daemon=True)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.received = bytearray()
+        self.handshakes = 0
+
+    def run(self) -> None:
+        raw, _ = self.listener.accept()
+        raw.settimeout(10)
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as tls:
+                self.handshakes += 1
+                while chunk := tls.recv(65536):
+                    self.received += chunk
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            self.listener.close()
+
+
+def test_an_ordinary_tls_server_never_receives_the_request(
+    provider: Provider, sim: SimPlatform, tmp_path: Path
+) -> None:
+    """get-key against a TLS server whose certificate is not an RA-TLS certificate: the handshake
+    completes, the certificate is refused, and not one byte of the key request is written."""
+    cert, key = self_signed_localhost(tmp_path)
+    server = _RecordingTlsServer(cert, key)
+    server.start()
+    url = f"https://{server.address[0]}:{server.address[1]}"
+    with _client(provider, sim, url) as c, pytest.raises(ProviderError) as e:
+        c.get_key()
+    server.join(15)
+    assert e.value.code == "QUOTE_MALFORMED" and "RA-TLS certificate" in e.value.message
+    assert server.handshakes == 1 and bytes(server.received) == b""

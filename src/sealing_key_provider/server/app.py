@@ -172,9 +172,7 @@ class ProviderServer:
         if https_sock is not None and tls is not None:
             # TLS is terminated by our protocol (handshake deadline, connection budget), not by uvicorn.
             self._https_uvicorn = _EmbeddedUvicorn(
-                self._uvicorn_config(
-                    ratls_protocol(budgeted_protocol(self.service), self.service, tls.context)
-                )
+                self._uvicorn_config(ratls_protocol(budgeted_protocol(self.service), self.service, tls))
             )
             self.https_address = https_sock.getsockname()[:2]
             self._https_task = asyncio.create_task(self._https_uvicorn.serve(sockets=[https_sock]))

@@ -1,8 +1,9 @@
 """The TLS side of the HTTPS listener: an ``SSLContext`` serving the current RA-TLS certificate.
 
 The certificate and key come from the provider's current attestation (:mod:`..ratls`, made in the
-enclave) and are swapped into the same context whenever the provider re-attests; connections already
-open keep the certificate they were made with, new ones get the new one.
+enclave). Each attestation gets a new context, which replaces the previous one in a single assignment
+(renewal runs in a worker thread; a context is never changed while handshakes use it); connections
+already open keep the certificate they were made with, new ones get the new one.
 
 ``SSLContext.load_cert_chain`` reads only files. The key therefore reaches the file system only as
 PKCS#8 PEM encrypted under a random password that exists only in memory, in a private directory
@@ -35,13 +36,18 @@ MAX_EARLY_DATA: Final = 64 * 1024
 PROTOCOL: Final = "http"
 
 
+def _server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 class RaTlsContext:
-    """A server ``SSLContext`` (TLS 1.2+) whose certificate follows the provider's attestation."""
+    """The server ``SSLContext`` (TLS 1.2+) of the provider's current attestation (``context``)."""
 
     def __init__(self) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.set_alpn_protocols(["http/1.1"])
+        self.context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self.attestation_id: str | None = None
 
@@ -59,11 +65,13 @@ class RaTlsContext:
                     f.write(tls.certificate_pem())
                 with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                     f.write(tls.encrypted_key_pem(password))
-                self.context.load_cert_chain(cert_path, key_path, password=password)
+                context = _server_context()
+                context.load_cert_chain(cert_path, key_path, password=password)
             except (OSError, ssl.SSLError) as e:
                 raise PlatformError(f"cannot load the RA-TLS certificate into TLS: {e}") from None
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
+            self.context = context
             self.attestation_id = attestation.attestation_id
         log.info("RA-TLS certificate loaded attestation_id=%s", attestation.attestation_id)
 
@@ -76,7 +84,7 @@ class RaTlsContext:
 
 
 def ratls_protocol(
-    inner: type[asyncio.Protocol], service: KeyService, context: ssl.SSLContext
+    inner: type[asyncio.Protocol], service: KeyService, tls: RaTlsContext
 ) -> type[asyncio.Protocol]:
     """A protocol class for uvicorn that terminates TLS itself, then hands the connection to ``inner``
     (the HTTP protocol class the plain listener uses).
@@ -123,8 +131,13 @@ def ratls_protocol(
             self._task = self._loop.create_task(self._handshake(transport))
 
         async def _handshake(self, transport: asyncio.Transport) -> None:
+            context = tls.context
+            if context is None:
+                transport.close()
+                self._release()
+                return
             try:
-                tls = await self._loop.start_tls(
+                secured = await self._loop.start_tls(
                     transport, self, context, server_side=True, ssl_handshake_timeout=deadline
                 )
             except (OSError, ssl.SSLError, EOFError) as e:
@@ -133,13 +146,13 @@ def ratls_protocol(
                 self._release()
                 return
             self._release()
-            if tls is None or tls.is_closing():
+            if secured is None or secured.is_closing():
                 return
             self._handed = True
-            self._inner.connection_made(tls)
+            self._inner.connection_made(secured)
             early, self._early = self._early, []
             for chunk in early:
-                if tls.is_closing():
+                if secured.is_closing():
                     break
                 self._inner.data_received(chunk)
 

@@ -7,6 +7,11 @@ Usage::
     with KeyClient.http("http://127.0.0.1:8080", trust, Verifier(), collateral, detect_quote_source()) as c:
         key = c.get_key("app/db", key_version=1)          # 32 bytes
 
+``KeyClient.ratls("https://127.0.0.1:8443", ...)`` talks to the provider's RA-TLS listener instead
+(its certificate is checked before any request is sent, :mod:`.ratls`). Over plain HTTP, answers are
+signed by the provider's attested key: its attestation is fetched once, verified in full and cached
+until it expires (:mod:`.attested`); ``evidence="quote"`` asks for a per-request quote instead.
+
 Per request: a fresh X25519 key pair (a key pair is never reused, so a leaked one exposes one answer);
 ``report_data = public key || SHA-256(freshness token)`` (or 32 zero bytes); the TD quote from the
 quote source; the request; then every check of :mod:`.verify`; only then the sealed box is opened.

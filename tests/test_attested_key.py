@@ -200,6 +200,10 @@ def test_renewal_when_the_quote_no_longer_verifies_and_restart_required() -> Non
 
     keys = AttestedKeys(quotes, DIGEST, lifetime=1000, check=check)
     first = keys.attest(0)
+    # A renewal that never runs (a stuck maintenance task) shows in readiness too.
+    assert keys.health(749) == "ok"
+    with pytest.raises(PlatformError, match="has not happened"):
+        keys.health(751)
     assert not keys.maintain(10)
     failing[0] = True
     assert keys.maintain(11) and keys.current(11).attestation_id != first.attestation_id

@@ -205,10 +205,10 @@ class AttestedKeys:
         """ "ok", or :class:`PlatformError` when renewal is failing and a quarter lifetime or less is left."""
         attestation = self.current(now)
         left = attestation.statement.not_after - now
-        error = self._last_error
-        if error is not None and left <= self.lifetime / 4:
-            raise PlatformError(
-                f"re-attestation keeps failing ({error.code}: {error.message}); the current attestation "
-                f"expires in {left:.0f} s"
-            )
+        if left <= self.lifetime / 4:
+            # Renewal is due at half the lifetime; a quarter left means it has not happened in time,
+            # whether it failed (the reason is given) or never ran.
+            error = self._last_error
+            reason = f"keeps failing ({error.code}: {error.message})" if error else "has not happened"
+            raise PlatformError(f"re-attestation {reason}; the current attestation expires in {left:.0f} s")
         return "ok"

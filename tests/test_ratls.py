@@ -8,6 +8,7 @@ reader, and compares it with the certificate the provider makes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from collections.abc import Callable
@@ -17,9 +18,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sealing_key_provider.errors import ProviderError, QuoteMalformed, ResponseBindingInvalid
-from sealing_key_provider.ratls import RaTlsIdentity, make_ratls_identity, read_ratls_certificate
+from sealing_key_provider.ratls import (
+    RaTlsIdentity,
+    make_ratls_identity,
+    parse_tagged_evidence,
+    pubkey_hash_claim,
+    read_ratls_certificate,
+)
 from sealing_key_provider.sim import SimPlatform, SimSgxPlatform
 
 NOW = 1_780_000_000
@@ -225,3 +234,18 @@ def test_tagged_quote_must_bind_the_claims(quote_fn: Callable[[bytes], bytes]) -
     )
     with pytest.raises(ResponseBindingInvalid, match="pubkey-hash is not"):
         read_ratls_certificate(_build(quote_fn, key=key, legacy=legacy, tagged=tagged), NOW)
+
+
+@given(st.binary(max_size=200))
+def test_evidence_parsers_fail_typed_on_any_input(data: bytes) -> None:
+    for parse in (parse_tagged_evidence, pubkey_hash_claim):
+        with contextlib.suppress(QuoteMalformed):
+            parse(data)
+
+
+@given(st.binary(max_size=64), st.binary(max_size=64))
+def test_tagged_evidence_round_trip(quote: bytes, claims: bytes) -> None:
+    value = b"\xd9\xea\x60\x82" + _cbor_bstr_head(len(quote)) + quote + _cbor_bstr_head(len(claims)) + claims
+    assert parse_tagged_evidence(value) == (quote, claims)
+    with pytest.raises(QuoteMalformed):
+        parse_tagged_evidence(value + b"\x00")

@@ -179,6 +179,8 @@ RESTART_SCRIPT = textwrap.dedent(
         def __init__(self, inner):
             self.inner = inner
             self.calls = 0
+        def report(self, report_data):
+            return self.inner.report(report_data)
         def quote(self, report_data):
             # The start-up quotes (identity, attested key) pass; per-request quotes are refused.
             self.calls += 1

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import PlatformError
-from ..platform.base import SEALING_KEY_SIZE, check_report_data
+from ..platform.base import DEV_MODE_ISVPRODID, PRODUCTION_ISVPRODID, SEALING_KEY_SIZE, check_report_data
 from .platform import SgxEnclaveIdentity, SimPlatform
 
 KEY_POLICIES: Final = ("mrenclave", "mrsigner")
@@ -69,14 +69,21 @@ class SimSgxPlatform:
         dev_mode: bool = False,
         quote_latency_ms: float = 0.0,
     ) -> SimSgxPlatform:
-        """Load an initialised simulated platform (``sim init`` first) and play the provider enclave."""
+        """Load an initialised simulated platform (``sim init`` first) and play the provider enclave.
+
+        A development "build" has its own ISVPRODID, as the Makefile gives a ``DEV_MODE=1`` build, so
+        even under the MRSIGNER key policy its sealing key is not the production one."""
         platform = SimPlatform.load(state_dir)
         default_mrenclave = DEFAULT_SIM_DEV_MRENCLAVE if dev_mode else DEFAULT_SIM_MRENCLAVE
         enclave = SgxEnclaveIdentity(
             mrenclave=mrenclave if mrenclave is not None else default_mrenclave,
             mrsigner=mrsigner if mrsigner is not None else DEFAULT_SIM_MRSIGNER,
+            isvprodid=DEV_MODE_ISVPRODID if dev_mode else PRODUCTION_ISVPRODID,
         )
         return cls(platform, enclave, key_policy, quote_latency_ms=quote_latency_ms)
+
+    def report(self, report_data: bytes) -> bytes:
+        return self.platform.sgx_report(check_report_data(report_data), enclave=self.enclave)
 
     def quote(self, report_data: bytes) -> bytes:
         rd = check_report_data(report_data)

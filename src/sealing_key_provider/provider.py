@@ -517,7 +517,8 @@ class Provider:
     def maintain(self) -> bool:
         """Renew the attestation if it is due or no longer verifies (the server calls this
         periodically, off the request path); True if a new one was made."""
-        return self.attested.maintain(self._clock())
+        # A clock set back below the floor makes no attestation (ClockBehindFloor); the current one stays.
+        return self.attested.maintain(self.time_floor.check(self._clock()))
 
     def attestation(self) -> dict[str, object]:
         """The current attestation document (``GET /v1/attestation``)."""

@@ -28,7 +28,7 @@ import uvicorn
 
 from ..collateral import CachingSource, CollateralSource
 from ..config import Config, ServerConfig, parse_listen
-from ..errors import ConfigError, PlatformError, RestartRequired
+from ..errors import ConfigError, PlatformError, ProviderError, RestartRequired
 from ..provider import Provider
 from .http_api import create_app
 from .http_protocol import budgeted_protocol
@@ -205,6 +205,8 @@ class ProviderServer:
             except RestartRequired as e:
                 self.service.fatal(e)
                 return
+            except ProviderError as e:
+                log.warning("attestation maintenance skipped code=%s reason=%s", e.code, e.message)
             except Exception:
                 log.exception("attestation maintenance failed")
 

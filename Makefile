@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench demo clean venv gramine-build run-provider print-mode
+.PHONY: test lint typecheck unit bench demo clean venv run-provider print-mode
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench enclave
+	$(VENV)/bin/ruff format --check src tests bench enclave
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
@@ -52,35 +52,88 @@ demo: $(STAMP)
 SGX ?=
 DEV_MODE ?= 0
 DEBUG ?= 0
-ARCH_LIBDIR ?= /lib/$(shell $(CC) -dumpmachine)
 GRAMINE_DIR := build/gramine
 # The simulator's state directory: by default the one `sim init`, `serve --platform sim` and
 # `get-key --quote-source sim` use, so the get-key line run-provider prints works as it is.
 SIM_STATE ?= $(shell $(PY) -c 'from sealing_key_provider.sim import default_state_dir; print(default_state_dir())')
 LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,info)
 GRAMINE_LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,error)
-ISVPRODID := $(if $(filter 1,$(DEV_MODE)),1,0)
 
 print-mode:
 	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG) ISVPRODID=$(ISVPRODID)"
 
-$(GRAMINE_DIR)/config.toml: gramine/config.toml
+# The measured configuration: gramine/config.toml, or another file (ENCLAVE_CONFIG=, e.g. the container
+# image's deploy/config-container.toml); either way it is in the enclave tree and in MRENCLAVE.
+ENCLAVE_CONFIG ?= gramine/config.toml
+
+$(GRAMINE_DIR)/config.toml: $(ENCLAVE_CONFIG) FORCE
 	mkdir -p $(GRAMINE_DIR)
 	sed -e 's/^dev_mode = false/dev_mode = $(if $(filter 1,$(DEV_MODE)),true,false)/' \
-	    -e 's/^level = "info"/level = "$(LOG_LEVEL)"/' $< > $@
+	    -e 's/^level = "info"/level = "$(LOG_LEVEL)"/' $< > $@.tmp
+	cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@
 
-gramine-build: $(STAMP) $(GRAMINE_DIR)/config.toml print-mode
-	gramine-manifest -Dpython=$(abspath $(PY)) -Dlog_level=$(GRAMINE_LOG_LEVEL) -Darch_libdir=$(ARCH_LIBDIR) \
-	    -Dprovider_dir=$(abspath $(GRAMINE_DIR)) -Disvprodid=$(ISVPRODID) -Disvsvn=1 \
-	    gramine/sealing-key-provider.manifest.template > $(GRAMINE_DIR)/sealing-key-provider.manifest
-	gramine-sgx-sign --manifest $(GRAMINE_DIR)/sealing-key-provider.manifest \
-	    --output $(GRAMINE_DIR)/sealing-key-provider.manifest.sgx
+# --- The enclave (docs/deploy.md) ------------------------------------------------------------------
+# lock:         gramine/requirements.lock, every runtime dependency with its hashes (checked in).
+# enclave-tree: interpreter, stdlib, libraries, locked dependencies and this project's wheel at PREFIX.
+# manifest:     build/sealing-key-provider.manifest (gramine-manifest if installed, else enclave/render.py).
+# measure:      build/enclave-measurement.txt, the measurement preview (and MRENCLAVE with Gramine).
+# dry-run:      the production enclave in its exact file view, without SGX, answering both protocols.
+PREFIX ?= /opt/sealing-key-provider
+ENCLAVE_PYTHON ?= $(shell $(PY) -c 'import sys; print(sys._base_executable)' 2>/dev/null || command -v python3)
+# Extras of this project whose dependencies the enclave needs (the server's web stack).
+ENCLAVE_EXTRAS ?= server
+PCCS_CA ?=
+# A DEV_MODE=1 build gets its own ISVPRODID (1; production is 0), so even signed with the production key
+# it never shares the MRSIGNER sealing key. Both are SIGSTRUCT fields, measured into the manifest too.
+ISVPRODID ?= $(if $(filter 1,$(DEV_MODE)),1,0)
+ISVSVN ?= 1
+GRAMINE_PKGLIBDIR ?= /usr/lib/x86_64-linux-gnu/gramine
+SGX_SIGNING_KEY ?= $(HOME)/.config/gramine/enclave-key.pem
+MANIFEST := build/sealing-key-provider.manifest
+WHEELHOUSE ?= build/wheelhouse
+HAVE_GRAMINE := $(shell command -v gramine-manifest >/dev/null 2>&1 && echo 1)
+MANIFEST_VARS := -Dprefix=$(PREFIX) -Dlog_level=$(GRAMINE_LOG_LEVEL) -Disvprodid=$(ISVPRODID) -Disvsvn=$(ISVSVN)
+
+.PHONY: lock enclave-wheel enclave-tree manifest measure dry-run FORCE
+FORCE:
+
+lock: $(STAMP)
+	$(PY) -m enclave.lock --constraints constraints.txt $(if $(ENCLAVE_EXTRAS),--extras $(ENCLAVE_EXTRAS)) \
+	    --out gramine/requirements.lock
+
+enclave-wheel: $(STAMP)
+	$(PY) -m enclave.tree wheel --source . --out build/dist --constraints constraints.txt
+
+enclave-tree: $(STAMP) enclave-wheel $(GRAMINE_DIR)/config.toml
+	$(PY) -m enclave.tree install --prefix $(PREFIX) --python $(ENCLAVE_PYTHON) --lock gramine/requirements.lock \
+	    --wheel-dir build/dist --config $(GRAMINE_DIR)/config.toml --hosts gramine/hosts \
+	    --nsswitch gramine/nsswitch.conf --wheelhouse $(WHEELHOUSE) $(if $(PCCS_CA),--pccs-ca $(PCCS_CA))
+
+manifest: enclave-tree print-mode
+ifeq ($(HAVE_GRAMINE),1)
+	gramine-manifest $(MANIFEST_VARS) gramine/sealing-key-provider.manifest.template $(MANIFEST)
+else
+	$(PY) -m enclave.render --pkglibdir $(GRAMINE_PKGLIBDIR) $(MANIFEST_VARS) \
+	    gramine/sealing-key-provider.manifest.template $(MANIFEST)
+endif
+
+measure: $(STAMP)
+	$(PY) -m enclave.measure $(MANIFEST) build/enclave-measurement.txt
+ifeq ($(HAVE_GRAMINE),1)
+	gramine-sgx-sign --key $(SGX_SIGNING_KEY) --date 0000-00-00 --manifest $(MANIFEST) --output $(MANIFEST).sgx
 	@echo "MRENCLAVE (publish it; TDs pin it):"
-	@gramine-sgx-sigstruct-view --output-format json $(GRAMINE_DIR)/sealing-key-provider.sig | grep -i mr_enclave
+	@gramine-sgx-sigstruct-view --output-format json build/sealing-key-provider.sig | grep -i mr_enclave
+else
+	@echo "Gramine is not installed: no MRENCLAVE here (the preview digest above fixes everything but Gramine's own code)"
+endif
+
+dry-run: $(STAMP)
+	$(PY) -m enclave.dryrun --manifest $(MANIFEST) --preview build/enclave-measurement.txt \
+	    --template gramine/sealing-key-provider.manifest.template --pkglibdir $(GRAMINE_PKGLIBDIR) --work build/dry-run
 
 ifeq ($(SGX),1)
-run-provider: gramine-build
-	cd $(GRAMINE_DIR) && gramine-sgx sealing-key-provider
+run-provider: manifest measure
+	cd build && gramine-sgx sealing-key-provider
 else
 run-provider: $(STAMP) print-mode
 	$(VENV)/bin/sealing-key-provider sim init --state-dir $(SIM_STATE)

@@ -7,6 +7,7 @@ Must show (issue 13): after warm-up, 1,000 v1 key requests over plain HTTP and 1
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import socket
 import ssl
@@ -214,36 +215,30 @@ def test_tls_handshake_failures_never_reach_the_handler(thread: ServerThread) ->
         assert _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}') == before
 
 
-def test_stalled_handshakes_count_against_the_budget_and_are_cut_off(provider: Provider) -> None:
-    """Clients that open the TLS port and never finish a handshake hold a connection slot each (one
-    over the budget is closed at accept) and are closed after server.io_timeout."""
-    config = server_config(
-        max_connections=3, io_timeout=1.0, rate_limit_per_second=1e6, rate_limit_burst=10**6
-    )
+def test_stalled_handshakes_are_cut_off_and_never_reach_the_handler(provider: Provider) -> None:
+    """Clients that open the TLS port and never finish a handshake are closed after server.io_timeout
+    (they are admitted, and counted, at accept like any connection); nothing of theirs reaches the
+    request handler, and the listener goes on serving."""
+    config = server_config(io_timeout=1.0, rate_limit_per_second=1e6, rate_limit_burst=10**6)
     with ServerThread(ProviderServer(provider, config), "", ("127.0.0.1", 0), ("127.0.0.1", 0)) as t:
         address = t.server.https_address
         assert address is not None
-        overloaded = 'skp_requests_total{code="OVERLOADED",protocol="http"}'
-        # The metrics client takes the first slot (a kept-alive plain HTTP connection), two silent TLS
-        # clients the others.
         with httpx.Client(base_url=_url(t.server.http_address, "http"), timeout=10) as http:
-            assert overloaded not in http.get("/metrics").text
-            stalled = [socket.create_connection(address, timeout=10) for _ in range(2)]
-            try:
-                deadline = time.monotonic() + 10
-                while overloaded not in http.get("/metrics").text:
-                    assert time.monotonic() < deadline, "no connection was refused over the budget"
-                    with socket.create_connection(address, timeout=10) as extra:
-                        extra.settimeout(10)
-                        assert extra.recv(1) == b""  # closed: at accept, or by the handshake deadline
-                for s in stalled:
-                    s.settimeout(10)
+            before = _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}')
+        stalled = [socket.create_connection(address, timeout=10) for _ in range(3)]
+        try:
+            for s in stalled:
+                s.settimeout(10)
+                with contextlib.suppress(ConnectionResetError):  # a reset closes it all the same
                     assert s.recv(1) == b""  # the server gave up on the handshake
-            finally:
-                for s in stalled:
-                    s.close()
+        finally:
+            for s in stalled:
+                s.close()
         with httpx.Client(base_url=_url(address, "https"), timeout=10, verify=False) as https:
             assert https.get("/healthz").status_code == 200
+        with httpx.Client(base_url=_url(t.server.http_address, "http"), timeout=10) as http:
+            after = _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}')
+        assert after == before
 
 
 class _RecordingTlsServer(threading.Thread):

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench demo clean venv run-provider print-mode
+.PHONY: test lint typecheck unit bench demo clean venv run-provider print-mode fuzz loadtest
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ $(TD_STAMP): pyproject.toml constraints.txt $(shell find src -name '*.py' -o -na
 
 bench: $(STAMP) $(TD_STAMP)
 	$(PY) -m bench.run --out bench-results.txt --td-venv $(TD_VENV)
+
+# Fuzz every parser an attacker feeds (quote, PCK extension, collateral, legacy frames, HTTP bodies)
+# for FUZZ_SECONDS in all; `make test` runs a short bounded pass of the same harnesses.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
+
+# The reliability scenarios (steady load, hostile neighbour, mass boot through one relay, hanging and
+# refusing PCCS, log volume) against the simulated platform, on loopback only; prints the table.
+loadtest: $(STAMP)
+	$(PY) -m bench.loadtest
 
 demo: $(STAMP)
 	$(PY) -m sealing_key_provider.demo

@@ -1,7 +1,8 @@
 """Servers that speak our two protocols and do no provider work: the network layer's own cost.
 
 ``python -m bench.bare_servers legacy|http PORT`` serves on 127.0.0.1:PORT with the stack ``serve``
-uses (asyncio streams for the legacy protocol; FastAPI on uvicorn with h11 for HTTP), decodes each
+uses (asyncio streams for the legacy protocol; FastAPI on our h11 listener, with its admission, for
+HTTP), decodes each
 request as the real server does (legacy: JSON integer array to bytes; HTTP: JSON and base64) and
 answers a canned response of the real size and shape. Its CPU per request, next to
 ``Provider.handle`` alone, bounds from below what any server on this stack can cost per request.
@@ -13,12 +14,17 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import sys
+from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from sealing_key_provider.config import Config
+from sealing_key_provider.server.http_server import HttpServer
+from sealing_key_provider.server.metrics import Metrics
+from sealing_key_provider.server.service import KeyService
 from sealing_key_provider.wire import LENGTH_PREFIX, decode_legacy_request, encode_legacy_response
 
 #: A provider answer's sizes: a 48-byte sealed box and the simulated SGX v3 quote with its PCK chain.
@@ -69,10 +75,15 @@ async def _main(protocol: str, port: int) -> None:
         async with server:
             await server.serve_forever()
     else:
-        config = uvicorn.Config(
-            _http_app(), host="127.0.0.1", port=port, log_config=None, access_log=False, http="h11"
-        )
-        await uvicorn.Server(config).serve()
+        config = Config.from_mapping(
+            {"server": {"max_connections": 256}, "collateral": {"file": "unused.json"}}
+        ).server
+        no_provider: Any = None  # the HTTP listener never calls the provider; the app answers itself
+        service = KeyService(no_provider, config, Metrics(), on_fatal=lambda error: None)
+        sock = socket.create_server(("127.0.0.1", port))
+        sock.setblocking(False)
+        await HttpServer(service, _http_app()).start(sock)
+        await asyncio.Event().wait()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class _Slot:
     out: memoryview = field(default_factory=lambda: memoryview(b""))
     buf: bytearray = field(default_factory=bytearray)
     started: float = 0.0
+    source: str | None = None
 
 
 class LoadError(RuntimeError):
@@ -66,14 +67,21 @@ def _complete(protocol: str, buf: bytearray) -> bool:
 
 
 def run(
-    protocol: str, concurrency: int, requests: list[bytes], address: tuple[str, int]
+    protocol: str,
+    concurrency: int,
+    requests: list[bytes],
+    address: tuple[str, int],
+    sources: list[str] | None = None,
 ) -> tuple[float, list[float]]:
     """Send every pre-built request (frames or HTTP requests) with ``concurrency`` in flight.
 
-    Returns (wall seconds, per-request latencies in seconds)."""
+    ``sources``: loopback source addresses, one per in-flight slot in turn (127.0.0.x: each client
+    its own address, as TDs behind their own interfaces would be). Returns (wall seconds, per-request
+    latencies in seconds)."""
     selector = selectors.DefaultSelector()
     pending = iter(requests)
     latencies: list[float] = []
+    slots = 0
 
     def start(slot: _Slot) -> bool:
         request = next(pending, None)
@@ -84,7 +92,8 @@ def run(
                 slot.sock = None
             return False
         if slot.sock is None:
-            sock = socket.create_connection(address)
+            source = (slot.source, 0) if slot.source else None
+            sock = socket.create_connection(address, source_address=source)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
             slot.sock = sock
@@ -96,8 +105,13 @@ def run(
             selector.modify(slot.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, slot)
         return True
 
+    def new_slot() -> _Slot:
+        nonlocal slots
+        slots += 1
+        return _Slot(source=sources[(slots - 1) % len(sources)] if sources else None)
+
     t0 = time.perf_counter()
-    active = sum(start(_Slot()) for _ in range(concurrency))
+    active = sum(start(new_slot()) for _ in range(concurrency))
     try:
         while active:
             events = selector.select(timeout=30.0)

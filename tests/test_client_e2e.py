@@ -21,7 +21,7 @@ from sealing_key_provider.client.sdk import KeyClient
 from sealing_key_provider.client.transport import HttpTransport, LegacyTransport, Transport
 from sealing_key_provider.client.trust import ProviderTrust
 from sealing_key_provider.collateral import FileSource
-from sealing_key_provider.dcap import Verifier, parse_quote
+from sealing_key_provider.dcap import TcbStatus, Verifier, parse_quote
 from sealing_key_provider.errors import ProviderError, TransportError
 from sealing_key_provider.sim import Scenario, SimPlatform
 
@@ -162,7 +162,7 @@ def test_low_tcb_status_under_the_client_policy(
         with make(served, trust, collateral=out_of_date) as c, pytest.raises(ProviderError) as e:
             c.get_key()
         assert code(e) == "TCB_STATUS_REJECTED" and "OutOfDate" in e.value.message
-    strict = replace(trust, accepted_tcb_statuses=frozenset({"SWHardeningNeeded"}))
+    strict = replace(trust, accepted_tcb_statuses=frozenset({TcbStatus.SW_HARDENING_NEEDED}))
     with http(served, strict) as c, pytest.raises(ProviderError) as e:
         c.get_key()
     assert code(e) == "TCB_STATUS_REJECTED" and "UpToDate" in e.value.message

@@ -16,7 +16,7 @@ from sealing_key_provider.client.quote_source import QuoteSource
 from sealing_key_provider.client.sdk import KeyClient
 from sealing_key_provider.client.transport import ProviderAnswer
 from sealing_key_provider.client.trust import ProviderTrust
-from sealing_key_provider.dcap import Verifier, parse_quote
+from sealing_key_provider.dcap import TcbStatus, Verifier, parse_quote
 from sealing_key_provider.errors import ProviderError
 from sealing_key_provider.keys import build_registry, seal
 from sealing_key_provider.policy import Policy
@@ -304,7 +304,7 @@ def test_td_quote_with_a_swapped_pck_chain_is_refused_before_sending(
     ("scenario", "accepted", "code"),
     [
         (Scenario.OUT_OF_DATE, None, "TCB_STATUS_REJECTED"),
-        (Scenario.SW_HARDENING_NEEDED, frozenset({"UpToDate"}), "TCB_STATUS_REJECTED"),
+        (Scenario.SW_HARDENING_NEEDED, frozenset({TcbStatus.UP_TO_DATE}), "TCB_STATUS_REJECTED"),
         (Scenario.EXPIRED, None, "COLLATERAL_EXPIRED"),
         (Scenario.REVOKED_PCK, None, "PCK_REVOKED"),
     ],
@@ -314,7 +314,7 @@ def test_provider_platform_status(
     sim: SimPlatform,
     trust: ProviderTrust,
     scenario: Scenario,
-    accepted: frozenset[str] | None,
+    accepted: frozenset[TcbStatus] | None,
     code: str,
 ) -> None:
     t = trust if accepted is None else replace(trust, accepted_tcb_statuses=accepted)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,31 +43,47 @@ SGX_KEY = ("sgx", bytes.fromhex("00A067110000"), "processor")
 
 
 class FakeSource:
-    """Counts calls; answers from a dict, or raises what it is told to."""
+    """Counts calls; answers from a dict, or raises what it is told to. With ``gate``, each call
+    announces itself on ``entered`` and waits for the gate to open."""
 
-    def __init__(self, answers: dict[tuple[str, bytes, str], Collateral], delay: float = 0.0) -> None:
+    def __init__(
+        self, answers: dict[tuple[str, bytes, str], Collateral], gate: threading.Event | None = None
+    ) -> None:
         self.answers = answers
         self.calls = 0
         self.fail: Exception | None = None
-        self.delay = delay
+        self.gate = gate
+        self.entered = threading.Event()
         self._lock = threading.Lock()
 
     def get(self, tee: str, fmspc: bytes, ca: str) -> Collateral:
         with self._lock:
             self.calls += 1
-        if self.delay:
-            time.sleep(self.delay)
+        self.entered.set()
+        if self.gate is not None and not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
         if self.fail is not None:
             raise self.fail
         return self.answers[(tee, fmspc, ca)]
 
 
 class Clock:
+    """The injected clock: a settable time that also counts how often the cache read it."""
+
     def __init__(self, now: float) -> None:
         self.now = now
+        self.reads = 0
+        self._changed = threading.Condition()
 
     def __call__(self) -> float:
+        with self._changed:
+            self.reads += 1
+            self._changed.notify_all()
         return self.now
+
+    def wait_for_reads(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.reads >= count, timeout=30), self.reads
 
 
 def test_next_update_is_the_earliest_of_all_four_documents() -> None:
@@ -105,37 +123,124 @@ def test_hits_until_next_update_then_refetches() -> None:
     assert cache.stats().entries == 0
 
 
-def test_max_age_bounds_an_entry_even_before_next_update() -> None:
+def test_max_age_refreshes_ahead_in_the_background() -> None:
     inner = FakeSource({TDX_KEY: TDX})
     start = _case("tdx-v4-phala-1")["verify_unix_time"]
     clock = Clock(start)
-    cache = CachingSource(inner, clock, max_age=3600)
+    spawned: list[Callable[[], None]] = []
+    cache = CachingSource(inner, clock, max_age=3600, spawn=spawned.append)
     cache.get(*TDX_KEY)
-    clock.now = start + 3599
+    clock.now = start + 3000
     cache.get(*TDX_KEY)
-    assert inner.calls == 1
+    assert inner.calls == 1 and not spawned
+    clock.now = start + 3300  # past 90% of max_age: served from the cache, refreshed behind it
+    assert cache.get(*TDX_KEY) is TDX
+    assert cache.get(*TDX_KEY) is TDX
+    assert len(spawned) == 1 and inner.calls == 1  # one refresh in flight, not one per request
+    spawned.pop()()
+    assert inner.calls == 2
+    clock.now = start + 3300 + 3000  # the refreshed entry counts from its own fetch
+    cache.get(*TDX_KEY)
+    assert inner.calls == 2 and not spawned
+
+
+def test_past_max_age_a_request_fetches() -> None:
+    inner = FakeSource({TDX_KEY: TDX})
+    start = _case("tdx-v4-phala-1")["verify_unix_time"]
+    clock = Clock(start)
+    cache = CachingSource(inner, clock, max_age=3600, spawn=lambda work: None)
+    cache.get(*TDX_KEY)
     clock.now = start + 3600
     cache.get(*TDX_KEY)
     assert inner.calls == 2
 
 
-def test_failures_are_not_cached_and_expired_entries_are_not_served() -> None:
+def test_stale_but_valid_collateral_is_served_while_the_refresh_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inner = FakeSource({TDX_KEY: TDX})
+    start = _case("tdx-v4-phala-1")["verify_unix_time"]
+    clock = Clock(start)
+    cache = CachingSource(inner, clock, max_age=3600, failure_backoff=60, spawn=lambda work: None)
+    cache.get(*TDX_KEY)
+    inner.fail = CollateralUnavailable("PCCS down")
+    clock.now = start + 7200  # past max_age, before nextUpdate
+    with caplog.at_level(logging.WARNING, logger="sealing_key_provider.collateral"):
+        for _ in range(5):
+            assert cache.get(*TDX_KEY) is TDX
+    assert inner.calls == 2  # one failed fetch; the other four remembered it
+    assert cache.stats().stale == 5
+    assert caplog.text.count("serving stale-but-valid collateral key=tdx/B0C06F000000/platform") == 1
+    assert caplog.text.count("collateral fetch failed") == 1
+    clock.now += 61  # backoff over: one more attempt, still failing, still stale-but-valid
+    assert cache.get(*TDX_KEY) is TDX
+    assert inner.calls == 3
+    inner.fail = None
+    clock.now += 61
+    assert cache.get(*TDX_KEY) is TDX and inner.calls == 4
+    clock.now += 10
+    cache.get(*TDX_KEY)
+    assert inner.calls == 4 and cache.stats().stale == 6  # fresh again: hits
+    # At nextUpdate the old entry is gone for good: fail closed, whatever the PCCS does.
+    inner.fail = CollateralUnavailable("PCCS down")
+    clock.now = collateral_next_update(TDX)
+    with pytest.raises(CollateralUnavailable):
+        cache.get(*TDX_KEY)
+
+
+def test_a_failure_is_remembered_briefly_and_expired_entries_are_not_served() -> None:
     inner = FakeSource({TDX_KEY: TDX})
     clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
-    cache = CachingSource(inner, clock)
+    cache = CachingSource(inner, clock, failure_backoff=10)
     inner.fail = CollateralUnavailable("PCCS down")
+    with pytest.raises(CollateralUnavailable, match="PCCS down"):
+        cache.get(*TDX_KEY)
+    with pytest.raises(CollateralUnavailable, match="PCCS down"):
+        cache.get(*TDX_KEY)  # fails fast with the remembered error: no second fetch
+    assert (inner.calls, cache.stats().errors) == (1, 1)
+    clock.now += 10
     with pytest.raises(CollateralUnavailable):
         cache.get(*TDX_KEY)
-    with pytest.raises(CollateralUnavailable):
-        cache.get(*TDX_KEY)
-    assert (inner.calls, cache.stats().errors) == (2, 2)
+    assert inner.calls == 2
 
     inner.fail = None
+    clock.now += 10
     cache.get(*TDX_KEY)
     clock.now = collateral_next_update(TDX) + 10
     inner.fail = CollateralUnavailable("PCCS down")
-    with pytest.raises(CollateralUnavailable):  # fail closed: no stale fallback
+    with pytest.raises(CollateralUnavailable):  # fail closed: no expired fallback
         cache.get(*TDX_KEY)
+
+
+def test_waiters_share_one_failed_fetch() -> None:
+    """Seven callers that arrive while a fetch hangs wait for it and share its failure: one fetch,
+    none retried in turn. The first caller is held in the inner source until the others have read
+    the clock, then the gate opens on a failure."""
+    gate = threading.Event()
+    inner = FakeSource({TDX_KEY: TDX}, gate=gate)
+    inner.fail = CollateralUnavailable("PCCS hangs")
+    clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
+    cache = CachingSource(inner, clock)
+    errors: list[str] = []
+
+    def ask() -> None:
+        try:
+            cache.get(*TDX_KEY)
+        except CollateralUnavailable as e:
+            errors.append(e.message)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    threads[0].start()
+    assert inner.entered.wait(timeout=30)
+    first = clock.reads
+    for t in threads[1:]:
+        t.start()
+    clock.wait_for_reads(first + 7)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert errors == ["PCCS hangs"] * 8
+    assert inner.calls == 1  # one fetch for all eight, none retried in turn
 
 
 def test_unparseable_collateral_is_malformed_and_not_cached() -> None:
@@ -167,17 +272,30 @@ def test_keys_are_separate_and_size_is_bounded() -> None:
 
 
 def test_concurrent_misses_fetch_once() -> None:
-    inner = FakeSource({TDX_KEY: TDX}, delay=0.1)
-    cache = CachingSource(inner, Clock(_case("tdx-v4-phala-1")["verify_unix_time"]))
+    """Seven callers that missed while a fetch was under way wait for it and share its answer.
+
+    No sleeping: the first caller is held inside the inner source until the seven others have read
+    the clock for their first lookup (a miss, since nothing is cached yet), and only then released.
+    """
+    gate = threading.Event()
+    inner = FakeSource({TDX_KEY: TDX}, gate=gate)
+    clock = Clock(_case("tdx-v4-phala-1")["verify_unix_time"])
+    cache = CachingSource(inner, clock)
     results: list[Collateral] = []
     threads = [threading.Thread(target=lambda: results.append(cache.get(*TDX_KEY))) for _ in range(8)]
-    for t in threads:
+    threads[0].start()
+    assert inner.entered.wait(timeout=30)
+    first = clock.reads  # the first caller's lookups, before it entered the inner source
+    for t in threads[1:]:
         t.start()
+    clock.wait_for_reads(first + 7)
+    assert cache.stats().hits == 0  # all seven missed
+    gate.set()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
     assert len(results) == 8 and all(r is TDX for r in results)
     assert inner.calls == 1
-    assert cache.stats().hits == 7
+    assert (cache.stats().hits, cache.stats().misses) == (7, 1)
 
 
 def test_invalid_keys_never_reach_the_inner_source() -> None:

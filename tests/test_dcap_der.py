@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealing_key_provider.dcap import Collateral, Verifier, parse_quote, pck
+from sealing_key_provider.dcap import Collateral, Verifier, der, parse_quote, pck
 from sealing_key_provider.dcap.der import (
     common_name,
     crl_tbs,
@@ -30,16 +30,20 @@ from sealing_key_provider.dcap.der import (
 )
 from sealing_key_provider.dcap.pck import (
     SGX_EXTENSION_OID_DER,
+    PckIdentity,
     _pairs,
+    ca_type_of_cn,
+    encode_oid,
     parse_sgx_extension,
     pck_identity,
     pck_identity_of,
+    pck_leaf_identity,
 )
 from sealing_key_provider.dcap.verify import _P256_SPKI_PREFIX, _p256_key
 from sealing_key_provider.errors import PckCertificateInvalid, PckChainInvalid, ProviderError
 from sealing_key_provider.sim import SimPlatform
 
-from .corpus import case, cases
+from .corpus import Case, case, cases
 from .x509_helpers import self_signed
 
 
@@ -70,10 +74,11 @@ def _agree(cert: x509.Certificate) -> None:
     assert parts.subject == cert.subject.public_bytes()
     assert common_name(parts.issuer) == _cn(cert.issuer)
     assert common_name(parts.subject) == _cn(cert.subject)
-    assert {x509.ObjectIdentifier(e.oid.dotted_string) for e in cert.extensions} == {
-        e.oid for e in cert.extensions
+    # Every extension, its value and its critical flag, as cryptography reads them.
+    assert parts.extensions == {
+        encode_oid(e.oid.dotted_string): e.value.public_bytes() for e in cert.extensions
     }
-    assert len(parts.extensions) == len(cert.extensions)
+    assert parts.critical == {encode_oid(e.oid.dotted_string) for e in cert.extensions if e.critical}
     try:
         ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
@@ -97,20 +102,43 @@ def test_reader_agrees_with_cryptography_on_every_corpus_certificate(pem: bytes)
         _agree(cert)
 
 
+def _identity_by_cryptography(leaf: x509.Certificate) -> PckIdentity:
+    """The PCK identity with every certificate-level read done by ``cryptography`` (the extension's
+    own structure is Intel's, which cryptography leaves opaque: that reader is shared)."""
+    ext = leaf.extensions.get_extension_for_oid(pck.SGX_EXTENSION_OID).value
+    assert isinstance(ext, x509.UnrecognizedExtension)
+    return parse_sgx_extension(ext.value, ca_type_of_cn(_cn(leaf.issuer)))
+
+
 def test_reader_agrees_on_simulated_certificates(tmp_path: Path) -> None:
     p = SimPlatform.init(tmp_path)
     for cert in (p.root_certificate, p.platform_ca_certificate, p.pck_certificate, p.tcb_signing_certificate):
         _agree(cert)
-    assert pck_identity_of(
-        load_cert(p.pck_certificate.public_bytes(Encoding.DER)).extensions, "x PCK Platform CA"
-    ) == (pck_identity(p.pck_certificate))
+    expected = _identity_by_cryptography(p.pck_certificate)
+    assert expected == p.pck_identity
+    assert pck_identity(p.pck_certificate) == expected
+    assert pck_leaf_identity(p.pck_chain_pem) == expected
 
 
-def test_pck_identity_from_raw_extensions_equals_cryptography_path() -> None:
-    for c in cases():
-        leaf = x509.load_pem_x509_certificates(parse_quote(c.quote).pck_chain_pem)[0]
-        parts = load_cert(leaf.public_bytes(Encoding.DER))
-        assert pck_identity_of(parts.extensions, common_name(parts.issuer)) == pck_identity(leaf)
+@pytest.mark.parametrize("c", cases(), ids=lambda c: c.name)
+def test_pck_identity_agrees_with_cryptography_on_every_corpus_quote(c: Case) -> None:
+    chain = parse_quote(c.quote).pck_chain_pem
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    expected = _identity_by_cryptography(leaf)
+    assert pck_leaf_identity(chain) == expected
+    assert pck_identity(leaf) == expected
+    parts = load_cert(leaf.public_bytes(Encoding.DER))
+    assert pck_identity_of(parts.extensions, common_name(parts.issuer)) == expected
+    # A chain in a form the PEM fast path hands to cryptography gives the same identity.
+    assert pck_leaf_identity(b"leading text\n" + chain) == expected
+
+
+@pytest.mark.parametrize(
+    "chain", [b"", b"no pem", b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"]
+)
+def test_pck_leaf_identity_of_an_unreadable_chain_is_pck_chain_invalid(chain: bytes) -> None:
+    with pytest.raises(PckChainInvalid):
+        pck_leaf_identity(chain)
 
 
 @pytest.mark.parametrize(
@@ -216,11 +244,12 @@ def test_pck_chain_with_an_impostor_intermediate_is_refused_cold_and_warm() -> N
         assert err.value.code == "PCK_CHAIN_INVALID"
 
 
-def test_crl_reader_agrees_with_cryptography() -> None:
-    from sealing_key_provider.dcap.pck import encode_oid
-
-    for c in cases():
-        col = c.collateral
+def test_crl_reader_agrees_with_cryptography(tmp_path: Path) -> None:
+    sim = SimPlatform.init(tmp_path)
+    collaterals = [c.collateral for c in cases()] + [
+        sim.collateral(tee, now=1_780_000_000) for tee in ("sgx", "tdx")
+    ]
+    for col in collaterals:
         for raw in (col.root_ca_crl, col.pck_crl):
             pem = raw.startswith(b"-----BEGIN")
             data = x509.load_pem_x509_crl(raw).public_bytes(Encoding.DER) if pem else raw
@@ -273,7 +302,8 @@ def test_a_body_that_is_not_base64_is_a_typed_error() -> None:
 def _reference_pairs(buf: bytes, start: int, end: int) -> dict[bytes, tuple[int, bytes]]:
     """The SGX extension's pair reader as first written (every element through the generic reader):
     the oracle for the inlined one in ``pck._pairs``."""
-    from sealing_key_provider.dcap.pck import TAG_OID, TAG_SEQUENCE, _tlv
+    from sealing_key_provider.dcap.der import TAG_OID, TAG_SEQUENCE
+    from sealing_key_provider.dcap.pck import _tlv
 
     out: dict[bytes, tuple[int, bytes]] = {}
     pos = start
@@ -354,7 +384,7 @@ def _der(tag: int, value: bytes) -> bytes:
 
 
 def _pair(oid: bytes, tag: int, value: bytes) -> bytes:
-    return _der(0x30, _der(pck.TAG_OID, oid) + _der(tag, value))
+    return _der(0x30, _der(der.TAG_OID, oid) + _der(tag, value))
 
 
 def _minimal(n: int) -> bytes:
@@ -364,17 +394,17 @@ def _minimal(n: int) -> bytes:
 @pytest.mark.parametrize("svns", [(0,) * 16, (255,) * 16, tuple(range(120, 136)), (127, 128) * 8])
 def test_tcb_fast_path_agrees_on_every_integer_form(svns: tuple[int, ...]) -> None:
     for encode in (_minimal, lambda n: n.to_bytes(2, "big")):
-        items = [_pair(pck.OID_TCB_ITEM[i + 1], pck.TAG_INTEGER, encode(v)) for i, v in enumerate(svns)]
+        items = [_pair(pck.OID_TCB_ITEM[i + 1], der.TAG_INTEGER, encode(v)) for i, v in enumerate(svns)]
         items += [
-            _pair(pck.OID_TCB_ITEM[17], pck.TAG_INTEGER, b"\x0d"),
-            _pair(pck.OID_TCB_ITEM[18], pck.TAG_OCTET_STRING, b"\x01" * 16),
+            _pair(pck.OID_TCB_ITEM[17], der.TAG_INTEGER, b"\x0d"),
+            _pair(pck.OID_TCB_ITEM[18], der.TAG_OCTET_STRING, b"\x01" * 16),
         ]
         others = b"".join(
             _pair(o, t, v)
             for o, t, v in (
-                (pck.OID_PPID, pck.TAG_OCTET_STRING, b"\x02" * 16),
-                (pck.OID_PCEID, pck.TAG_OCTET_STRING, b"\x00\x00"),
-                (pck.OID_FMSPC, pck.TAG_OCTET_STRING, b"\x00" * 6),
+                (pck.OID_PPID, der.TAG_OCTET_STRING, b"\x02" * 16),
+                (pck.OID_PCEID, der.TAG_OCTET_STRING, b"\x00\x00"),
+                (pck.OID_FMSPC, der.TAG_OCTET_STRING, b"\x00" * 6),
                 (pck.OID_SGX_TYPE, pck.TAG_ENUMERATED, b"\x00"),
             )
         )
@@ -502,3 +532,12 @@ def test_a_certificate_whose_point_is_off_the_curve_is_refused_through_either_ke
     with pytest.raises(ProviderError) as err:
         Verifier().verify(fake, c.collateral, c.now)
     assert err.value.code == "PCK_CHAIN_INVALID"
+
+
+def test_same_platform_is_ppid_and_fmspc() -> None:
+    chain = parse_quote(case("tdx-v4-phala-1").quote).pck_chain_pem
+    me = pck_leaf_identity(chain)
+    assert me.same_platform(me)
+    assert me.same_platform(dataclasses.replace(me, pcesvn=me.pcesvn + 1, cpusvn=bytes(16)))  # newer TCB
+    assert not me.same_platform(dataclasses.replace(me, ppid=bytes(16)))
+    assert not me.same_platform(dataclasses.replace(me, fmspc=bytes(6)))

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sealing_key_provider.acceptance import DEFAULT_ACCEPTED_TCB_STATUSES
 from sealing_key_provider.dcap.abi import (
     INTEL_QE_VENDOR_ID,
     BodyType,
@@ -31,7 +32,6 @@ from sealing_key_provider.errors import (
 )
 from sealing_key_provider.policy import (
     ALLOWLIST_FIELDS,
-    DEFAULT_ACCEPTED_TCB_STATUSES,
     Policy,
     VerifiedTdQuote,
     key_name_matches,
@@ -301,7 +301,7 @@ def test_config_errors_name_the_key(data: dict[str, object], key: str) -> None:
 
 def test_direct_construction_validated() -> None:
     with pytest.raises(ConfigError):
-        Policy(accepted_tcb_statuses=frozenset({"Revoked"}))
+        Policy(accepted_tcb_statuses=frozenset({TcbStatus.REVOKED}))
     with pytest.raises(ConfigError):
         Policy(allowed_mrtd=frozenset({"AB" * 48}))
     with pytest.raises(ConfigError):

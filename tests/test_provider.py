@@ -10,7 +10,7 @@ import nacl.public
 import pytest
 
 from sealing_key_provider.binding import RequestContext, report_data_v1
-from sealing_key_provider.dcap import Collateral, Verifier, parse_quote
+from sealing_key_provider.dcap import Collateral, TcbStatus, Verifier, parse_quote
 from sealing_key_provider.errors import PlatformError, ProviderError
 from sealing_key_provider.keys import build_registry, legacy_kdf
 from sealing_key_provider.policy import Policy
@@ -199,7 +199,7 @@ def test_debug_td_and_policy_denials(provider: Provider, sim: SimPlatform) -> No
     names = make_provider(sim, Policy.from_mapping({"key_names": {"*": ["app/*"]}}))
     assert _code(names, KeyRequest(quote=Td(sim).quote(), key_name="other")) == "POLICY_DENIED"
     assert len(get_key(names, Td(sim), key_name="app/db")) == 32
-    status = make_provider(sim, Policy(accepted_tcb_statuses=frozenset({"OutOfDate"})))
+    status = make_provider(sim, Policy(accepted_tcb_statuses=frozenset({TcbStatus.OUT_OF_DATE})))
     assert _code(status, KeyRequest(quote=Td(sim).quote())) == "TCB_STATUS_REJECTED"
 
 

@@ -280,3 +280,44 @@ def test_a_trust_anchor_of_another_platform_stops_start_up(sim: SimPlatform, tmp
         assert "PCK_CHAIN_INVALID" in err.value.message and "root-ca.pem of the same state directory" in (
             err.value.message
         )
+
+
+@pytest.mark.parametrize("where", ["state-dir-under-a-file", "collateral-is-a-directory", "unexpected"])
+def test_every_start_up_failure_is_one_coded_line_without_traceback(
+    sim: SimPlatform,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    restore_logging: None,
+    where: str,
+) -> None:
+    collateral = write_collateral(sim, tmp_path / "c.json")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    state = sim.state_dir
+    if where == "state-dir-under-a-file":
+        state = blocker / "state"  # cannot be created: NotADirectoryError from the OS
+    if where == "collateral-is-a-directory":
+        collateral = tmp_path
+    if where == "unexpected":
+
+        def broken(*args: object, **kw: object) -> None:
+            raise ValueError("something nobody planned for")
+
+        monkeypatch.setattr(serve_cli, "build_provider", broken)
+    code = serve_cli.run(
+        parse(
+            "--platform=sim",
+            f"--state-dir={state}",
+            f"--collateral={collateral}",
+            f"--trust-anchor={sim.root_ca_pem_path}",
+            f"--http-listen=127.0.0.1:{free_port()}",
+            f"--legacy-listen=127.0.0.1:{free_port()}",
+        )
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("start-up failed code=") == 1, err
+    assert "Traceback" not in err
+    if where == "unexpected":
+        assert "start-up failed code=INTERNAL_ERROR reason=unexpected ValueError during start-up" in err

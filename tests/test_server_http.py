@@ -32,6 +32,8 @@ from tests.test_server_support import (
     key_of,
     make_provider,
     post_key,
+    read_until_closed,
+    refusals,
     start_thread,
 )
 
@@ -202,21 +204,25 @@ class SlowPlatform:
         return self.inner.sealing_key()
 
 
-def test_overloaded_when_no_slot_comes_in_time(sim: SimPlatform) -> None:
+def test_deadline_and_overloaded_when_no_slot_comes_in_time(sim: SimPlatform) -> None:
     platform = SlowPlatform(sim)
     provider = make_provider(sim, platform=platform)
-    with in_process(provider, max_concurrency=1, io_timeout=0.5) as thread, http_client(thread) as c:
+    with in_process(provider, max_concurrency=1, request_deadline=1.0) as thread, http_client(thread) as c:
         td = Td(sim)
         result: dict[str, Any] = {}
         first = threading.Thread(target=lambda: result.update(r=post_key(c, td.quote(), evidence="quote")))
         first.start()
         assert platform.entered.wait(10)
+        # The worker is stuck: the first request is answered at its deadline, and its slot stays
+        # taken until the worker returns, so the next request cannot get one before its own deadline.
+        first.join(10)
+        assert (result["r"].status_code, error_code(result["r"])) == (503, "DEADLINE_EXCEEDED")
         r = post_key(c, Td(sim).quote())
         assert (r.status_code, error_code(r)) == (503, "OVERLOADED")
-        assert "skp_requests_in_flight 1.0" in c.get("/metrics").text
+        assert r.headers["retry-after"] == "1"
         platform.release.set()
-        first.join(10)
-        assert len(key_of(td, result["r"])) == 32
+        td = Td(sim)
+        assert len(key_of(td, post_key(c, td.quote()))) == 32  # the slot came back with the worker
 
 
 def test_readiness_is_cached_and_reports_failures(sim: SimPlatform) -> None:
@@ -379,6 +385,7 @@ def test_collateral_cache_metrics(sim: SimPlatform) -> None:
 def test_request_head_deadline(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
     address = server.server.http_address
     assert address is not None
+    before = refusals(server, "http", "REQUEST_TIMEOUT")
     with caplog.at_level(logging.DEBUG, logger="sealing_key_provider"):
         silent = socket.create_connection(address)
         trickle = socket.create_connection(address)
@@ -387,8 +394,9 @@ def test_request_head_deadline(server: ServerThread, caplog: pytest.LogCaptureFi
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         deadline = time.monotonic() + 10
         try:
-            assert closed_without_bytes(silent, deadline)
-            assert closed_without_bytes(trickle, deadline)
+            assert closed_without_bytes(silent, deadline)  # sent nothing: owed nothing
+            answer = read_until_closed(trickle, deadline)
+            assert answer.startswith(b"HTTP/1.1 408 ") and b'"code": "REQUEST_TIMEOUT"' in answer
             kept.settimeout(10)
             answer = b""
             while not answer.endswith(b'{"status":"ok"}'):
@@ -400,7 +408,7 @@ def test_request_head_deadline(server: ServerThread, caplog: pytest.LogCaptureFi
         finally:
             for sock in (silent, trickle, kept):
                 sock.close()
-    assert caplog.text.count("refused protocol=http code=REQUEST_TIMEOUT") == 2
+    assert refusals(server, "http", "REQUEST_TIMEOUT") == before + 2
     assert "closing idle kept-alive connection" in caplog.text
     end = time.monotonic() + 5
     while server.server.service.connections.open and time.monotonic() < end:

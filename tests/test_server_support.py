@@ -144,6 +144,29 @@ def closed_without_bytes(sock: socket.socket, deadline: float) -> bool:
     return data == b""
 
 
+def read_until_closed(sock: socket.socket, deadline: float) -> bytes:
+    """Everything the server writes until it closes the connection (bounded by ``deadline``)."""
+    data = b""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def refusals(thread: ServerThread, protocol: str, code: str) -> int:
+    """How many requests ``thread``'s server counted with ``code`` on ``protocol`` (its metrics)."""
+    value = thread.server.metrics.registry.get_sample_value(
+        "skp_requests_total", {"protocol": protocol, "code": code}
+    )
+    return int(value or 0)
+
+
 # --- v1 over HTTP ----------------------------------------------------------------------------------
 
 

@@ -33,7 +33,8 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .binding import REPORT_DATA_SIZE, SHA256_SIZE, encode_fields
+from .binding import SHA256_SIZE, encode_fields
+from .dcap.abi import REPORT_DATA_SIZE
 from .errors import BadRequest, ResponseBindingInvalid
 
 #: Domain-separation label of the attestation statement (part of the hashed bytes).

@@ -26,9 +26,9 @@ import hmac
 import struct
 from dataclasses import dataclass
 
+from .dcap.abi import REPORT_DATA_SIZE
 from .errors import ResponseBindingInvalid
 
-REPORT_DATA_SIZE = 64
 SHA256_SIZE = 32
 
 #: Domain-separation label of the v1 request context; part of the hashed bytes.

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Self, get_type_hints
 
+from .dcap.abi import SEAL_KEY_POLICIES
 from .errors import ConfigError
 from .keys import DEFAULT_MEASUREMENTS, DEFAULT_SCHEME, HKDF_SCHEME, LEGACY_SCHEME, normalize_measurements
 from .policy import Policy
@@ -37,7 +38,6 @@ DEFAULT_ATTESTATION_DIR: Final = "/dev/attestation"
 DEFAULT_PCCS_URL: Final = "https://api.trustedservices.intel.com"
 
 PLATFORM_KINDS: Final = ("gramine", "sim")
-SEALING_KEY_POLICIES: Final = ("mrenclave", "mrsigner")
 LOG_FORMATS: Final = ("human", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 SCHEMES: Final = (HKDF_SCHEME, LEGACY_SCHEME)
@@ -91,16 +91,29 @@ class ServerConfig:
 
     legacy_listen: str = DEFAULT_LEGACY_LISTEN
     http_listen: str = DEFAULT_HTTP_LISTEN
-    #: Open connections across both listeners; more are refused at accept.
-    max_connections: int = 64
+    #: Open connections across all listeners. When they are all taken, a newcomer takes the slot of
+    #: an idle or slow connection of the address holding the most; failing that it is refused.
+    max_connections: int = 256
+    #: Open connections one client address may hold (its share, taken at accept): one host cannot
+    #: hold the whole budget with idle or trickling connections. Default fits 48 TDs booting at once.
+    max_connections_per_address: int = 64
+    #: Addresses (or CIDR networks) that relay for many TDs, e.g. dstack's VMM: their connection
+    #: share, rate and burst are ``relay_share`` times an ordinary address's.
+    relay_addresses: tuple[str, ...] = ()
+    relay_share: int = 8
     #: Seconds for reading a request or writing a response.
     io_timeout: float = 10.0
+    #: Seconds one request may take from its arrival to its answer, across waiting for a rate-limit
+    #: token and a worker slot, collateral fetching, verification and quote generation.
+    request_deadline: float = 15.0
     #: Largest request body / legacy frame (a quote is ~5 KiB).
     max_request_bytes: int = 1024 * 1024
-    #: Token bucket per client address: sustained requests per second and burst size.
+    #: Token bucket per client address: sustained requests per second and burst size. A request over
+    #: it waits for a token (up to its deadline) instead of being refused at once.
     rate_limit_per_second: float = 10.0
     rate_limit_burst: int = 20
-    #: Requests processed at once (verification + quote generation); the rest wait or get OVERLOADED.
+    #: Requests processed at once (verification + quote generation); the rest wait, taking turns by
+    #: client address, or get OVERLOADED when their deadline passes first.
     max_concurrency: int = 8
     #: HTTPS listener for the same v1 API, with an RA-TLS certificate in Gramine's format ("" = off).
     https_listen: str = ""
@@ -118,7 +131,10 @@ class ServerConfig:
                 parse_listen(value, f"server.{key}")
         for key in (
             "max_connections",
+            "max_connections_per_address",
+            "relay_share",
             "io_timeout",
+            "request_deadline",
             "max_request_bytes",
             "rate_limit_per_second",
             "rate_limit_burst",
@@ -130,6 +146,13 @@ class ServerConfig:
             raise ConfigError("server.attestation_lifetime must be at least 60 seconds")
         if self.max_request_bytes > 64 * 1024 * 1024:
             raise ConfigError("server.max_request_bytes must be at most 64 MiB")
+        for value in self.relay_addresses:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"server.relay_addresses: {value!r} is not an IP address or network"
+                ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +176,7 @@ class PlatformConfig:
 
     def __post_init__(self) -> None:
         _choice(self.kind, PLATFORM_KINDS, "platform.kind")
-        _choice(self.sealing_key_policy, SEALING_KEY_POLICIES, "platform.sealing_key_policy")
+        _choice(self.sealing_key_policy, SEAL_KEY_POLICIES, "platform.sealing_key_policy")
         if not self.attestation_dir:
             raise ConfigError("platform.attestation_dir must not be empty")
         if not 0 <= self.quote_latency_ms <= 60_000:
@@ -186,8 +209,13 @@ class CollateralConfig:
     #: CA bundle for the PCCS's TLS certificate (a local PCCS is often self-signed).
     pccs_ca_bundle: str | None = None
     cache_max_entries: int = 64
-    #: Seconds a cached collateral set is reused at most (it is also dropped when it expires).
+    #: Seconds after which a cached collateral set is replaced by a fresh fetch (started in the
+    #: background at 90% of it, so a slow PCCS delays nobody). While the fetch fails, the cached set
+    #: is still served as long as every document in it is valid (nextUpdate).
     cache_max_age: float = 24 * 3600.0
+    #: Seconds a failed fetch is remembered: requests meanwhile fail fast (COLLATERAL_UNAVAILABLE)
+    #: or get the stale-but-valid set, instead of each retrying the PCCS in turn.
+    failure_backoff: float = 10.0
 
     def __post_init__(self) -> None:
         if self.pccs_url and self.file:
@@ -199,6 +227,7 @@ class CollateralConfig:
         _positive(self.timeout, "collateral.timeout")
         _positive(self.cache_max_entries, "collateral.cache_max_entries")
         _positive(self.cache_max_age, "collateral.cache_max_age")
+        _positive(self.failure_backoff, "collateral.failure_backoff")
         if self.retries < 0:
             raise ConfigError("collateral.retries must not be negative")
 

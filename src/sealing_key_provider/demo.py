@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -114,43 +115,49 @@ class Demo:
         platform_b = SimPlatform.init(state_b, share_ca_with=platform_a)
         self.say(f"   machine A: PPID {platform_a.ppid.hex()}, FMSPC {platform_a.fmspc.hex().upper()}")
         self.say(f"   machine B: PPID {platform_b.ppid.hex()}")
-        root = str(platform_a.root_ca_pem_path)
+        served = self._serve(platform_a, state_a)
+        # The TD's view: it trusts only the simulator's root and the provider's published MRENCLAVE.
+        td = _TdSide(
+            served,
+            Verifier(trust_anchor=platform_a.root_certificate),
+            PccsClient(served.pccs_url, timeout=10),
+            ProviderTrust(mrenclave=DEFAULT_SIM_MRENCLAVE),
+        )
+        self._keys(platform_a, td)
+        self._refusals(platform_a, platform_b, td)
+        return self._verdict()
 
+    def _serve(self, platform: SimPlatform, state: Path) -> _Served:
+        """Steps 2-3: the simulated PCCS and the provider, as processes, ready."""
         pccs_port, http_port, legacy_port = _free_port(), _free_port(), _free_port()
         pccs_url = f"http://127.0.0.1:{pccs_port}"
         self.say(f"2. Simulated PCCS (Intel's collateral API) on {pccs_url}")
         self.start(
             "pccs",
-            ["sim", "pccs", "--state-dir", str(state_a), "--listen", f"127.0.0.1:{pccs_port}"],
+            ["sim", "pccs", "--state-dir", str(state), "--listen", f"127.0.0.1:{pccs_port}"],
             lambda: _http_ok(f"{pccs_url}/sgx/certification/v4/rootcacrl"),
         )
-
-        provider_url = f"http://127.0.0.1:{http_port}"
-        serve_args = [
-            "serve", "--platform", "sim", "--state-dir", str(state_a),
+        served = _Served(pccs_url, f"http://127.0.0.1:{http_port}", legacy_port, [
+            "serve", "--platform", "sim", "--state-dir", str(state),
             "--http-listen", f"127.0.0.1:{http_port}", "--legacy-listen", f"127.0.0.1:{legacy_port}",
-            "--pccs-url", pccs_url, "--trust-anchor", root,
-        ]  # fmt: skip
-        self.say(f"3. The provider in production mode on {provider_url} (legacy TCP on port {legacy_port})")
-        self.start("provider", serve_args, lambda: _http_ok(f"{provider_url}/readyz"))
-        info = httpx.get(f"{provider_url}/v1/info", timeout=5).json()
+            "--pccs-url", pccs_url, "--trust-anchor", str(platform.root_ca_pem_path),
+        ])  # fmt: skip
+        self.say(
+            f"3. The provider in production mode on {served.provider_url} (legacy TCP on port {legacy_port})"
+        )
+        self.start_provider(served)
+        info = httpx.get(f"{served.provider_url}/v1/info", timeout=5).json()
         self.say(f"   provider MRENCLAVE {info['mrenclave']} (pinned by the TD), PPID {info['ppid']}")
+        return served
 
-        # The TD's view: it trusts only the simulator's root and the provider's published MRENCLAVE.
-        verifier = Verifier(trust_anchor=platform_a.root_certificate)
-        collateral = PccsClient(pccs_url, timeout=10)
-        trust = ProviderTrust(mrenclave=DEFAULT_SIM_MRENCLAVE)
+    def start_provider(self, served: _Served) -> None:
+        self.start("provider", served.serve_args, lambda: _http_ok(f"{served.provider_url}/readyz"))
 
-        def client(source: SimTdQuoteSource, legacy: bool = False) -> KeyClient:
-            if legacy:
-                return KeyClient.legacy(
-                    f"127.0.0.1:{legacy_port}", trust, verifier, collateral, source, allow_unbound_legacy=True
-                )
-            return KeyClient.http(provider_url, trust, verifier, collateral, source)
-
+    def _keys(self, platform_a: SimPlatform, td: _TdSide) -> None:
+        """Steps 4-8: stable keys per TD image, across requests, restarts and both protocols."""
         td_a = SimTdQuoteSource(platform_a, mrtd=IMAGE_A)
         self.say("4. A TD (image A) asks for its key 'app/db'")
-        with client(td_a) as c:
+        with td.client(td_a) as c:
             got = c.fetch(key_name="app/db")
         key1 = got.key
         self.check(
@@ -162,31 +169,35 @@ class Demo:
         )
 
         self.say("5. The same TD asks again (new key pair, new quote)")
-        with client(td_a) as c:
+        with td.client(td_a) as c:
             key2 = c.get_key(key_name="app/db")
         self.check(key2 == key1, f"same key {_fingerprint(key2)}...")
 
         self.say("6. The provider restarts (nothing is stored: the key comes from the SGX sealing key)")
         self.stop("provider")
-        self.start("provider", serve_args, lambda: _http_ok(f"{provider_url}/readyz"))
-        with client(td_a) as c:
+        self.start_provider(td.served)
+        with td.client(td_a) as c:
             key3 = c.get_key(key_name="app/db")
         self.check(key3 == key1, f"same key after the restart {_fingerprint(key3)}...")
 
         self.say("7. A TD with another image (image B) on the same machine")
-        with client(SimTdQuoteSource(platform_a, mrtd=IMAGE_B)) as c:
+        with td.client(SimTdQuoteSource(platform_a, mrtd=IMAGE_B)) as c:
             key4 = c.get_key(key_name="app/db")
         self.check(key4 != key1, f"another key {_fingerprint(key4)}...")
 
         self.say("8. The original's legacy TCP protocol (byte-compatible; legacy-sha256 scheme)")
-        with client(td_a, legacy=True) as c:
+        with td.client(td_a, legacy=True) as c:
             legacy1, legacy2 = c.get_key(), c.get_key()
         self.check(legacy1 == legacy2, f"stable legacy key {_fingerprint(legacy1)}...")
 
+    def _refusals(self, platform_a: SimPlatform, platform_b: SimPlatform, td: _TdSide) -> None:
+        """Steps 9-10: a tampered quote and a TD of another machine are refused with their codes."""
         self.say("9. A tampered quote (one byte of MRTD flipped)")
-        quote = bytearray(td_a.quote(bytes(range(1, 33)) + bytes(32)))
+        quote = bytearray(SimTdQuoteSource(platform_a, mrtd=IMAGE_A).quote(bytes(range(1, 33)) + bytes(32)))
         quote[184] ^= 1
-        answer = httpx.post(f"{provider_url}/v1/keys", json={"quote": b64encode(bytes(quote))}, timeout=10)
+        answer = httpx.post(
+            f"{td.served.provider_url}/v1/keys", json={"quote": b64encode(bytes(quote))}, timeout=10
+        )
         code = answer.json().get("error", {}).get("code")
         self.check(
             answer.status_code == 400 and code == "QUOTE_SIGNATURE_INVALID",
@@ -195,12 +206,13 @@ class Demo:
 
         self.say("10. A TD on another machine (B) asks this provider")
         try:
-            with client(SimTdQuoteSource(platform_b, mrtd=IMAGE_A)) as c:
+            with td.client(SimTdQuoteSource(platform_b, mrtd=IMAGE_A)) as c:
                 c.get_key(key_name="app/db")
             self.check(False, "a foreign TD got a key")
         except ProviderError as e:
             self.check(e.code == "PLATFORM_MISMATCH", f"refused: {e.code}")
 
+    def _verdict(self) -> int:
         if self.failures:
             self.say(f"\nDEMO FAILED: {len(self.failures)} step(s) did not hold")
             for name in self.procs:
@@ -208,6 +220,34 @@ class Demo:
             return 1
         self.say("\nAll steps held: stable keys per TD image and platform, refusals with their codes.")
         return 0
+
+
+@dataclass(frozen=True)
+class _Served:
+    """Where the demo's PCCS and provider listen, and how the provider is started again."""
+
+    pccs_url: str
+    provider_url: str
+    legacy_port: int
+    serve_args: list[str]
+
+
+@dataclass(frozen=True)
+class _TdSide:
+    """What a TD trusts and talks to: the simulator's root, the PCCS, the pinned provider."""
+
+    served: _Served
+    verifier: Verifier
+    collateral: PccsClient
+    trust: ProviderTrust
+
+    def client(self, source: SimTdQuoteSource, legacy: bool = False) -> KeyClient:
+        if legacy:
+            address = f"127.0.0.1:{self.served.legacy_port}"
+            return KeyClient.legacy(
+                address, self.trust, self.verifier, self.collateral, source, allow_unbound_legacy=True
+            )
+        return KeyClient.http(self.served.provider_url, self.trust, self.verifier, self.collateral, source)
 
 
 def _http_ok(url: str) -> bool:

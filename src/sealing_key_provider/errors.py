@@ -3,6 +3,8 @@
 Every failure carries a stable, machine-readable ``code``. The same code reaches the log, the HTTP
 error body, the legacy protocol's log line and the CLI, so operators can tell a TCB problem from a
 forged quote without reading stack traces (the original collapsed everything into "DCAP error").
+How a code is shown on a given protocol (e.g. its HTTP status) is that protocol's business, not the
+error's: see :mod:`sealing_key_provider.server.status`.
 
 Messages are written for a person and must never contain key material: they are logged and sent to
 clients. This module sits at the bottom of the import graph so every layer can use it.
@@ -15,8 +17,6 @@ class ProviderError(Exception):
     """Base class: a failure with a stable ``code`` and a human-readable message."""
 
     code: str = "INTERNAL_ERROR"
-    #: HTTP status used when this error reaches the HTTP API.
-    http_status: int = 500
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -36,8 +36,6 @@ class ProviderError(Exception):
 
 class QuoteError(ProviderError):
     """Something is wrong with a quote (parse or verification)."""
-
-    http_status = 400
 
 
 class QuoteMalformed(QuoteError):
@@ -104,8 +102,6 @@ class FmspcMismatch(QuoteError):
 class CollateralError(ProviderError):
     """Something is wrong with collateral (TCB info, QE identity, CRLs, chains)."""
 
-    http_status = 400
-
 
 class CollateralMalformed(CollateralError):
     code = "COLLATERAL_MALFORMED"
@@ -133,14 +129,12 @@ class CollateralUnavailable(CollateralError):
     """The collateral source could not be reached or answered badly."""
 
     code = "COLLATERAL_UNAVAILABLE"
-    http_status = 503
 
 
 class CollateralOutdated(CollateralError):
     """Collateral from before the TCB recovery the policy requires (``min_tcb_evaluation_data_number``)."""
 
     code = "COLLATERAL_OUTDATED"
-    http_status = 503
 
 
 class ClockBehindFloor(CollateralError):
@@ -148,14 +142,13 @@ class ClockBehindFloor(CollateralError):
     it was set back, so verifying now could revive expired collateral."""
 
     code = "CLOCK_BEHIND_FLOOR"
-    http_status = 503
 
 
 # --- Provider policy and request flow ----------------------------------------------------------
 
 
 class PolicyError(ProviderError):
-    http_status = 403
+    """The release policy or the same-platform check refuses the request."""
 
 
 class TcbStatusRejected(PolicyError):
@@ -183,7 +176,7 @@ class FreshnessError(PolicyError):
 
 
 class RequestError(ProviderError):
-    http_status = 400
+    """The request itself is malformed or cannot be served as asked."""
 
 
 class PublicKeyInvalid(RequestError):
@@ -196,7 +189,6 @@ class BadRequest(RequestError):
 
 class RequestTooLarge(RequestError):
     code = "REQUEST_TOO_LARGE"
-    http_status = 413
 
 
 class UnknownScheme(RequestError):
@@ -207,41 +199,46 @@ class RequestTimeout(RequestError):
     """The client did not deliver a complete request within ``server.io_timeout``."""
 
     code = "REQUEST_TIMEOUT"
-    http_status = 408
 
 
 class UnsupportedMediaType(RequestError):
     """``POST /v1/keys`` takes ``application/json`` only."""
 
     code = "UNSUPPORTED_MEDIA_TYPE"
-    http_status = 415
 
 
 class NotFound(ProviderError):
     code = "NOT_FOUND"
-    http_status = 404
 
 
 class MethodNotAllowed(ProviderError):
     code = "METHOD_NOT_ALLOWED"
-    http_status = 405
 
 
 class RateLimited(ProviderError):
     code = "RATE_LIMITED"
-    http_status = 429
+
+
+class DeadlineExceeded(ProviderError):
+    """The request could not be answered within ``server.request_deadline``."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class NotReady(ProviderError):
+    """The readiness checks did not finish in the time a probe may wait."""
+
+    code = "NOT_READY"
 
 
 class Overloaded(ProviderError):
     code = "OVERLOADED"
-    http_status = 503
 
 
 class PlatformError(ProviderError):
     """The SGX/TDX platform backend failed (quote generation, sealing key)."""
 
     code = "PLATFORM_ERROR"
-    http_status = 503
 
 
 class RestartRequired(PlatformError):

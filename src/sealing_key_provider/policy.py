@@ -24,24 +24,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from .acceptance import (
+    DEFAULT_ACCEPTED_TCB_STATUSES,
+    accepted_tcb_statuses,
+    check_acceptable,
+    denied_advisory_ids,
+)
 from .dcap.abi import Quote, TdReport
-from .errors import AdvisoryDenied, CollateralOutdated, ConfigError, PolicyDenied, TcbStatusRejected, TdDebug
+from .dcap.tcb import TcbStatus
+from .errors import CollateralOutdated, ConfigError, PolicyDenied, TdDebug
 
-#: TCB statuses a verifier reports (Intel's names). ``Revoked`` is known but may never be accepted.
-KNOWN_TCB_STATUSES: Final[frozenset[str]] = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-        "Revoked",
-    }
-)
-DEFAULT_ACCEPTED_TCB_STATUSES: Final[frozenset[str]] = frozenset(
-    {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"}
-)
 DEFAULT_FRESHNESS_WINDOW_SECONDS: Final = 300
 
 #: Measurements that can be restricted to an allow-list, in report order; all are 48 bytes.
@@ -60,7 +52,6 @@ ANY_TD: Final = "*"
 POLICY_DIGEST_LABEL: Final = "gramine-sealing-key-provider/policy-v1"
 
 _PATTERN_SEGMENT_RE = re.compile(r"[A-Za-z0-9._*?-]+")
-_ADVISORY_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 _HEX_RE = re.compile(r"[0-9a-f]+")
 
 
@@ -131,7 +122,7 @@ class Policy:
     whatever the clock says (0 = any); see :meth:`check_collateral`.
     """
 
-    accepted_tcb_statuses: frozenset[str] = DEFAULT_ACCEPTED_TCB_STATUSES
+    accepted_tcb_statuses: frozenset[TcbStatus] = DEFAULT_ACCEPTED_TCB_STATUSES
     denied_advisory_ids: frozenset[str] = frozenset()
     allow_debug_td: bool = False
     allowed_mrtd: frozenset[str] = frozenset()
@@ -147,8 +138,16 @@ class Policy:
     min_tcb_evaluation_data_number: int = 0
 
     def __post_init__(self) -> None:
-        # Direct construction is validated like configuration, so no invalid policy can exist.
-        _validate_statuses(self.accepted_tcb_statuses, "policy.accepted_tcb_statuses")
+        # Direct construction is validated (and advisory IDs put in compared form) like
+        # configuration, so no invalid policy can exist.
+        object.__setattr__(
+            self,
+            "accepted_tcb_statuses",
+            _statuses(self.accepted_tcb_statuses, "policy.accepted_tcb_statuses"),
+        )
+        object.__setattr__(
+            self, "denied_advisory_ids", _advisories(self.denied_advisory_ids, "policy.denied_advisory_ids")
+        )
         for name in ALLOWLIST_FIELDS:
             for value in self.allowed(name):
                 _check_measurement_hex(value, f"policy.allowed_{name}")
@@ -201,14 +200,10 @@ class Policy:
         kwargs: dict[str, object] = {}
         statuses = strings("accepted_tcb_statuses")
         if statuses is not None:
-            _validate_statuses(statuses, f"{prefix}.accepted_tcb_statuses")
-            kwargs["accepted_tcb_statuses"] = frozenset(statuses)
+            kwargs["accepted_tcb_statuses"] = _statuses(statuses, f"{prefix}.accepted_tcb_statuses")
         advisories = strings("denied_advisory_ids")
         if advisories is not None:
-            for a in advisories:
-                if not _ADVISORY_RE.fullmatch(a):
-                    raise ConfigError(f"{prefix}.denied_advisory_ids: {a!r} is not an advisory ID")
-            kwargs["denied_advisory_ids"] = frozenset(a.upper() for a in advisories)
+            kwargs["denied_advisory_ids"] = _advisories(advisories, f"{prefix}.denied_advisory_ids")
         kwargs["allow_debug_td"] = boolean("allow_debug_td", False)
         kwargs["freshness_required"] = boolean("freshness_required", False)
         window = data.get("freshness_window_seconds", DEFAULT_FRESHNESS_WINDOW_SECONDS)
@@ -252,7 +247,7 @@ class Policy:
     def to_mapping(self) -> dict[str, object]:
         """The ``[policy]`` table that :meth:`from_mapping` turns back into this policy."""
         out: dict[str, object] = {
-            "accepted_tcb_statuses": sorted(self.accepted_tcb_statuses),
+            "accepted_tcb_statuses": sorted(str(s) for s in self.accepted_tcb_statuses),
             "denied_advisory_ids": sorted(self.denied_advisory_ids),
             "allow_debug_td": self.allow_debug_td,
             "freshness_required": self.freshness_required,
@@ -308,18 +303,17 @@ class Policy:
 
     def check(self, verified: VerifiedTdQuote, key_name: str) -> None:
         """Raise the first policy failure for this verified TD quote and key name, else return."""
-        status = str(verified.status)  # the verifier's StrEnum or a plain string
-        if status not in self.accepted_tcb_statuses:
-            raise TcbStatusRejected(
-                f"TCB status {status!r} is not accepted "
-                f"(accepted: {', '.join(sorted(self.accepted_tcb_statuses))})"
-            )
-        denied = sorted({a.upper() for a in verified.advisory_ids} & self.denied_advisory_ids)
-        if denied:
-            raise AdvisoryDenied(f"platform is affected by denied advisory ID(s): {', '.join(denied)}")
         td: TdReport = verified.quote.td_report
-        if td.debug and not self.allow_debug_td:
-            raise TdDebug("the TD runs in debug mode (TD_ATTRIBUTES.DEBUG set); its memory is not protected")
+        check_acceptable(
+            status=verified.status,
+            advisory_ids=verified.advisory_ids,
+            debug=td.debug,
+            accepted=self.accepted_tcb_statuses,
+            denied=self.denied_advisory_ids,
+            allow_debug=self.allow_debug_td,
+            subject="platform",
+            debug_refused=_debug_td_refused,
+        )
         for name in ALLOWLIST_FIELDS:
             allowed = self.allowed(name)
             if allowed:
@@ -331,17 +325,22 @@ class Policy:
             raise PolicyDenied(f"key name {key_name!r} is not allowed for a TD with MRTD {td.mrtd.hex()}")
 
 
-def _validate_statuses(statuses: Iterable[str], where: str) -> None:
-    statuses = list(statuses)
-    unknown = sorted(set(statuses) - KNOWN_TCB_STATUSES)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown TCB status {unknown[0]!r} (known: {', '.join(sorted(KNOWN_TCB_STATUSES))})"
-        )
-    if "Revoked" in statuses:
-        raise ConfigError(f"{where}: a Revoked TCB can never be accepted")
-    if not statuses:
-        raise ConfigError(f"{where} must accept at least one TCB status")
+def _debug_td_refused() -> TdDebug:
+    return TdDebug("the TD runs in debug mode (TD_ATTRIBUTES.DEBUG set); its memory is not protected")
+
+
+def _statuses(values: Iterable[str], where: str) -> frozenset[TcbStatus]:
+    try:
+        return accepted_tcb_statuses(values)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _advisories(values: Iterable[str], where: str) -> frozenset[str]:
+    try:
+        return denied_advisory_ids(values)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _check_measurement_hex(value: str, where: str) -> str:

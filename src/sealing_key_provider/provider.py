@@ -23,20 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from cryptography import x509
-
 from . import __version__
 from .attested_key import DEFAULT_LIFETIME, AttestedKeys, TlsFactory
 from .binding import RequestContext, report_data_legacy, report_data_v1
 from .collateral.source import CollateralSource
 from .dcap import PckIdentity, Quote, TdReport, TeeType, Verifier, parse_quote
 from .dcap.abi import MAX_QUOTE_SIZE
-from .dcap.pck import pck_identity
+from .dcap.pck import pck_leaf_identity
 from .errors import (
     BadRequest,
     CollateralError,
     CollateralUnavailable,
     FreshnessError,
+    PckChainInvalid,
     PlatformError,
     PlatformMismatch,
     PolicyDenied,
@@ -201,10 +200,11 @@ def identity_from_quote(
             ) from e
     else:
         try:
-            leaf = x509.load_pem_x509_certificates(q.pck_chain_pem)[0]
-        except (ValueError, IndexError) as e:
-            raise PlatformError(f"the provider's own quote carries no readable PCK certificate: {e}") from e
-        pck = pck_identity(leaf)
+            pck = pck_leaf_identity(q.pck_chain_pem)
+        except PckChainInvalid as e:
+            raise PlatformError(
+                f"the provider's own quote carries no readable PCK certificate: {e.message}"
+            ) from e
     return ProviderIdentity(
         mrenclave=report.mrenclave,
         mrsigner=report.mrsigner,
@@ -464,7 +464,7 @@ class Provider:
         self.time_floor.raise_to(verified.collateral_issued)
         # Same platform before policy: TDs of other machines never reach policy code (nor learn the
         # policy from its error codes).
-        if verified.pck.ppid != mine.pck.ppid or verified.pck.fmspc != mine.pck.fmspc:
+        if not verified.pck.same_platform(mine.pck):
             raise PlatformMismatch(
                 "the TD runs on another platform: its PCK certificate has another PPID or FMSPC than the "
                 "provider's"

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .dcap.abi import MAX_QUOTE_SIZE
 from .errors import BadRequest, RequestTooLarge
 
 #: How a v1 answer is authenticated: a per-request SGX quote, the attested key's signature (default
@@ -283,7 +284,7 @@ class KeyResponseV1:
             raise BadRequest("binding must be 64 bytes in hex") from None
         quote, signature, attestation_id = b"", b"", ""
         if evidence == "quote":
-            quote = b64decode(obj.get("provider_quote"), "provider_quote", 64 * 1024)
+            quote = b64decode(obj.get("provider_quote"), "provider_quote", MAX_QUOTE_SIZE)
         elif evidence == "signature":
             signature = b64decode(obj.get("signature"), "signature", 1024)
             claimed_id = obj.get("attestation_id")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..atomicfile import write_atomically
 from ..errors import ProviderError
 from .common import (
     InputFileError,
@@ -20,7 +21,6 @@ from .common import (
     read_input_file,
     report_failure,
     usage_error,
-    write_atomically,
 )
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Helpers every subcommand shares: the exit contract, input files, whole-file writes, argument types.
+"""Helpers every subcommand shares: the exit contract, input files, the trust anchor, argument types.
 
 Exit codes are the CLI's contract: 0 success; 1 the operation failed, with exactly one line on stderr
 that starts with the error code (``CODE: message``); 2 a usage error, with one line naming the bad flag
@@ -10,14 +10,12 @@ This module is imported by every command, including ``--version``: it imports no
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from ..errors import ProviderError
+from ..errors import ConfigError, ProviderError
 
 if TYPE_CHECKING:
     from ..dcap import Verifier
@@ -67,16 +65,14 @@ def read_input_file(path: str | Path, what: str, limit: int = MAX_INPUT_FILE) ->
 
 def verifier_for_anchor(path: str | None) -> Verifier:
     """The DCAP verifier: the pinned Intel root, or the ``--trust-anchor`` file (PEM or DER), read and
-    checked up front so an unusable one is an :class:`InputFileError` (exit 2) before anything is sent."""
-    from ..dcap import Verifier
+    checked up front (:func:`~sealing_key_provider.anchor.load_verifier`) so an unusable one is an
+    :class:`InputFileError` (exit 2) before anything is sent."""
+    from ..anchor import load_verifier  # the verifier (and cryptography) only for commands that verify
 
-    if path is None:
-        return Verifier()
-    data = read_input_file(path, "trust anchor")
     try:
-        return Verifier(trust_anchor=data)
-    except ProviderError as e:  # not a certificate, or not a P-256 key: the message says which
-        raise InputFileError(f"trust anchor {path} is not a usable root CA certificate: {e.message}") from e
+        return load_verifier(path)
+    except ConfigError as e:
+        raise InputFileError(e.message) from e
 
 
 def usage_message(message: str, prog: str | None = None) -> str:
@@ -109,22 +105,6 @@ def report_failure(error: ProviderError | OSError, what: str | None = None) -> i
     """Print a failure as exactly one line that starts with its code, and return exit status 1."""
     print(failure_line(error, what), file=sys.stderr)
     return 1
-
-
-def write_atomically(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` whole or not at all: a temporary sibling, fsync, then a rename over ``path``."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def hex_arg(size: int | None = None, max_size: int | None = None) -> Callable[[str], bytes]:

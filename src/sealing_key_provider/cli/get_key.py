@@ -15,9 +15,8 @@ the provider refused (the message names the code, e.g. ``PROVIDER_IDENTITY_MISMA
 from __future__ import annotations
 
 import argparse
-import contextlib
+import errno
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..acceptance import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
+from ..atomicfile import create_exclusive, write_atomically
 from ..client.detect import NOT_A_TD_HINT, detect_quote_source
 from ..client.quote_base import QuoteSource, QuoteSourceUnavailable
 from ..client.ratls import RaTlsTransport
@@ -36,9 +37,9 @@ from ..client.trust import ProviderTrust
 from ..collateral import CollateralSource, FileSource
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
+from ..dcap.tcb import TcbStatus
 from ..errors import ConfigError, ProviderError
 from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, DEFAULT_SCHEME, LEGACY_SCHEME, MAX_KEY_VERSION
-from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
 from .common import (
     InputFileError,
     hex_arg,
@@ -100,46 +101,17 @@ def _fail(error: ProviderError | OSError) -> int:
 # --- output -----------------------------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    os.fsync(fd)
-
-
 def write_key_file(path: str | Path, key: bytes, *, force: bool = False) -> None:
-    """Write ``key`` to a new file readable by its owner only (0600), then fsync.
+    """Write ``key`` whole to a file readable by its owner only (exactly 0600, whatever the umask).
 
-    Without ``force`` an existing path (even a dangling symlink) is refused: O_CREAT|O_EXCL never
-    follows or reuses it. With ``force`` the key is written to a fresh 0600 sibling and renamed over
-    the target, so the old file is replaced whole and its permissions do not carry over.
+    Without ``force`` an existing path (even a dangling symlink) is refused and never followed or
+    reused (:func:`~sealing_key_provider.atomicfile.create_exclusive`). With ``force`` the old file
+    is replaced whole and its permissions do not carry over (:func:`~.atomicfile.write_atomically`).
     """
-    target = Path(path)
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp") if force else target
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # umask can only clear bits; make the mode exact whatever it was
-            _write_all(fd, key)
-        finally:
-            os.close(fd)
-        if force:
-            os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    # Some filesystems refuse fsync on directories; the file itself is synced either way.
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if force:
+        write_atomically(path, key, 0o600)
+    elif not create_exclusive(path, key, 0o600):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
 
 
 # --- wiring -----------------------------------------------------------------------------------------
@@ -408,7 +380,7 @@ def register(subparsers: Any) -> None:
     ident.add_argument(
         "--accept-tcb-status",
         action="append",
-        choices=sorted(KNOWN_TCB_STATUSES - {"Revoked"}),
+        choices=sorted(KNOWN_TCB_STATUSES - {TcbStatus.REVOKED}),
         metavar="STATUS",
         help="a TCB status of the provider's platform to accept (repeatable; default: "
         + ", ".join(sorted(DEFAULT_ACCEPTED_TCB_STATUSES))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shlex
 import sys
 import tomllib
@@ -236,7 +237,16 @@ async def _serve(config: Config) -> int:
         config.platform.kind,
     )
     server = ProviderServer(provider, config, collateral=collateral)
-    return await server.serve(on_ready=lambda: announce(server, config, provider))
+    code = await server.serve(on_ready=lambda: announce(server, config, provider))
+    if server.abandoned:
+        # A worker is stuck in the platform or a PCCS read and cannot be interrupted; Python would
+        # join it on the way out. The provider keeps no state, so leave now (a second SIGTERM means
+        # "at once"): the log is flushed first.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _hostport(address: tuple[str, int]) -> str:
@@ -287,13 +297,30 @@ def announce(server: ProviderServer, config: Config, provider: Provider) -> None
     sys.stdout.flush()
 
 
+def startup_error(error: BaseException) -> ProviderError:
+    """A start-up failure as a coded error: ours as they are, the operating system's as
+    ``CONFIG_INVALID`` naming the path (a directory that cannot be created, a file that cannot be
+    read: the deployment's to fix), anything else as ``INTERNAL_ERROR`` with its type only."""
+    if isinstance(error, ProviderError):
+        return error
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return ConfigError(f"cannot use{where}: {error.strerror or type(error).__name__}")
+    return ProviderError(f"unexpected {type(error).__name__} during start-up")
+
+
 def run(args: argparse.Namespace) -> int:
+    """``serve``: exit 0 after a clean stop; 2 for usage errors; 1 with one line naming the code and no
+    traceback when anything fails before the listeners are up (``CODE: message`` before logging is
+    configured, ``start-up failed code=…`` after), or with the restart line for RESTART_REQUIRED."""
     try:
         config, note = load_config(args)
     except NoPlatformChosen as e:
         return usage_error(str(e))
     except ProviderError as e:
         return report_failure(e)
+    except Exception as e:
+        return report_failure(startup_error(e))
     configure_logging(config.logging)
     if note is not None:
         log.info("%s", note)
@@ -308,14 +335,12 @@ def run(args: argparse.Namespace) -> int:
     except RestartRequired as e:
         log.critical(RESTART_MESSAGE, e.code, e.message)
         return 1
-    except ConfigError as e:
-        log.error("start-up failed code=%s reason=%s", e.code, e.message)
-        return 1
-    except ProviderError as e:
-        log.error("start-up failed code=%s reason=%s", e.code, e.message)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        error = startup_error(e)
+        log.error("start-up failed code=%s reason=%s", error.code, error.message)
+        return 1
     finally:
         logging.shutdown()
         sys.stderr.flush()

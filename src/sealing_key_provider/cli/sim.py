@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..atomicfile import write_atomically
 from ..dcap.abi import BodyType
 from ..errors import ConfigError, ProviderError
 from ..sim.collateral import Scenario
 from ..sim.platform import DEBUG_SGX_ATTRIBUTES, DEFAULT_SGX_ATTRIBUTES, SgxEnclaveIdentity, SimPlatform
 from ..sim.state import default_state_dir
-from .common import hex_arg, report_failure, u16_arg, usage_error, write_atomically
+from .common import hex_arg, report_failure, u16_arg, usage_error
 
 if TYPE_CHECKING:
     from ..dcap.collateral import Collateral

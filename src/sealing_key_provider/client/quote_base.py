@@ -10,16 +10,19 @@ edges that import this module and never each other: configfs-tsm (:mod:`.quote_s
 from __future__ import annotations
 
 import struct
-from typing import Final, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ..dcap.abi import HEADER_SIZE, TD10_REPORT_SIZE, TD15_REPORT_SIZE, TEE_TYPE_TDX, BodyType
+from ..dcap.abi import (
+    HEADER_SIZE,
+    REPORT_DATA_SIZE,
+    TD10_REPORT_SIZE,
+    TD15_REPORT_SIZE,
+    TD_REPORT_DATA_OFFSET,
+    TEE_TYPE_TDX,
+    V5_BODY_DESCRIPTOR_SIZE,
+    BodyType,
+)
 from ..errors import BadRequest, PlatformError
-
-REPORT_DATA_SIZE: Final = 64
-#: Where a TD report body's REPORTDATA sits (after TEE_TCB_SVN, MRSEAM, ..., RTMR3), for 1.0 and 1.5.
-_TD_REPORT_DATA_OFFSET: Final = 520
-#: A v5 quote has a body descriptor (u16 type, u32 size) between the header and the body.
-_V5_BODY_DESCRIPTOR_SIZE: Final = 6
 
 
 class QuoteSourceUnavailable(PlatformError):
@@ -69,18 +72,18 @@ def tdx_quote_report_data(quote: bytes) -> bytes | None:
     if version == 4:
         body_start, body_size = HEADER_SIZE, TD10_REPORT_SIZE
     elif version == 5:
-        if len(quote) < HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE:
+        if len(quote) < HEADER_SIZE + V5_BODY_DESCRIPTOR_SIZE:
             return None
         body_type, body_size = struct.unpack_from("<HI", quote, HEADER_SIZE)
         expected = {int(BodyType.TD10): TD10_REPORT_SIZE, int(BodyType.TD15): TD15_REPORT_SIZE}.get(body_type)
         if expected is None or body_size != expected:
             return None
-        body_start = HEADER_SIZE + _V5_BODY_DESCRIPTOR_SIZE
+        body_start = HEADER_SIZE + V5_BODY_DESCRIPTOR_SIZE
     else:
         return None
     if len(quote) < body_start + body_size:
         return None
-    start = body_start + _TD_REPORT_DATA_OFFSET
+    start = body_start + TD_REPORT_DATA_OFFSET
     return quote[start : start + REPORT_DATA_SIZE]
 
 

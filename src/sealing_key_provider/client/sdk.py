@@ -49,7 +49,7 @@ import nacl.exceptions
 import nacl.public
 
 from ..collateral.source import CollateralSource
-from ..dcap import VerifiedQuote, Verifier
+from ..dcap import TcbStatus, VerifiedQuote, Verifier
 from ..errors import DecryptionFailed, LegacyNotAllowed, ProviderError, ResponseBindingInvalid
 from ..freshness import token_binding
 from ..keys import (
@@ -112,9 +112,10 @@ class ProviderKey:
     provider_mrenclave: bytes
     provider_mrsigner: bytes
     provider_ppid: bytes
-    provider_tcb_status: str
+    provider_tcb_status: TcbStatus
     provider_advisory_ids: tuple[str, ...]
-    #: What the provider applied to this TD (v1 only; None on the legacy protocol).
+    #: What the provider applied to this TD (v1 only; None on the legacy protocol): a TCB status as
+    #: the provider sent it (its wire string; "Unverified" from a development-mode provider).
     td_tcb_status: str | None
     policy_digest: bytes | None
 
@@ -285,14 +286,8 @@ class KeyClient:
         """
         key_name = validate_key_name(key_name)
         key_version = validate_key_version(key_version)
-        legacy = self.transport.protocol == PROTOCOL_LEGACY
-        if legacy:
-            if key_name != DEFAULT_KEY_NAME or key_version != DEFAULT_KEY_VERSION:
-                raise ValueError("the legacy protocol serves only the default key name and version")
-            if scheme not in (None, LEGACY_SCHEME):
-                raise ValueError(f"the legacy protocol always uses the {LEGACY_SCHEME} scheme")
-            if freshness:
-                raise ValueError("the legacy protocol has no freshness nonce; use the HTTP API v1")
+        if self.transport.protocol == PROTOCOL_LEGACY:
+            _check_legacy_request(key_name, key_version, scheme, freshness)
             scheme = LEGACY_SCHEME
         elif scheme is None:
             scheme = DEFAULT_SCHEME
@@ -310,13 +305,7 @@ class KeyClient:
         with EphemeralKeyPair() as secret:
             public = secret.public_key
             report_data = public + (token_binding(nonce) if nonce is not None else bytes(32))
-            td = inspect_td_quote(self._quote_source.quote(report_data), report_data)
-            # The TD's own platform is taken from its quote's proven signature chain, not from the
-            # certificate the host attached: a swapped-in PCK chain of another machine fails here.
-            try:
-                td = replace(td, pck=self._verifier.quote_platform(td.parsed))
-            except ProviderError as e:
-                raise TdQuoteInvalid(f"the TD's own quote does not verify ({e.code}): {e.message}") from None
+            td = self._own_quote(report_data)
             channel: list[VerifiedCertificate] = []
             if self.ratls_verifier is not None:
                 assert isinstance(self.transport, RaTlsTransport)
@@ -335,18 +324,7 @@ class KeyClient:
             verify_same_platform(verified, td)
             key = _open(secret, answer.encrypted_key)
         report = verified.quote.enclave_report
-        # legacy-sha256 has one key per TD: no name or version to report (they are only the defaults).
-        which = (
-            f"the {LEGACY_SCHEME} key (no name or version)"
-            if used_scheme == LEGACY_SCHEME
-            else f"name={key_name!r} version={key_version} scheme={used_scheme}"
-        )
-        log.info(
-            "key received: %s provider_mrenclave=%s provider_tcb=%s",
-            which,
-            report.mrenclave.hex(),
-            verified.status.value,
-        )
+        _log_received(key_name, key_version, used_scheme, verified)
         return ProviderKey(
             key=key,
             scheme=used_scheme,
@@ -355,7 +333,7 @@ class KeyClient:
             provider_mrenclave=report.mrenclave,
             provider_mrsigner=report.mrsigner,
             provider_ppid=verified.pck.ppid,
-            provider_tcb_status=verified.status.value,
+            provider_tcb_status=verified.status,
             provider_advisory_ids=verified.advisory_ids,
             td_tcb_status=answer.v1.tcb_status if answer.v1 is not None else None,
             policy_digest=answer.v1.policy_digest if answer.v1 is not None else None,
@@ -411,6 +389,43 @@ class KeyClient:
                 raise ResponseBindingInvalid("the RA-TLS answer does not bind this request and answer")
             return channel[-1].legacy
         raise ResponseBindingInvalid(f"the answer's evidence {v1.evidence!r} is not one this client checks")
+
+    def _own_quote(self, report_data: bytes) -> TdQuoteInfo:
+        """This TD's quote over ``report_data``, checked, with its platform identity.
+
+        The TD's own platform is taken from its quote's proven signature chain, not from the
+        certificate the host attached: a swapped-in PCK chain of another machine fails here.
+        """
+        td = inspect_td_quote(self._quote_source.quote(report_data), report_data)
+        try:
+            return replace(td, pck=self._verifier.quote_platform(td.parsed))
+        except ProviderError as e:
+            raise TdQuoteInvalid(f"the TD's own quote does not verify ({e.code}): {e.message}") from None
+
+
+def _check_legacy_request(key_name: str, key_version: int, scheme: str | None, freshness: bool) -> None:
+    """What the legacy protocol cannot express is a ValueError before anything is sent."""
+    if key_name != DEFAULT_KEY_NAME or key_version != DEFAULT_KEY_VERSION:
+        raise ValueError("the legacy protocol serves only the default key name and version")
+    if scheme not in (None, LEGACY_SCHEME):
+        raise ValueError(f"the legacy protocol always uses the {LEGACY_SCHEME} scheme")
+    if freshness:
+        raise ValueError("the legacy protocol has no freshness nonce; use the HTTP API v1")
+
+
+def _log_received(key_name: str, key_version: int, scheme: str, verified: VerifiedQuote) -> None:
+    # legacy-sha256 has one key per TD: no name or version to report (they are only the defaults).
+    which = (
+        f"the {LEGACY_SCHEME} key (no name or version)"
+        if scheme == LEGACY_SCHEME
+        else f"name={key_name!r} version={key_version} scheme={scheme}"
+    )
+    log.info(
+        "key received: %s provider_mrenclave=%s provider_tcb=%s",
+        which,
+        verified.quote.enclave_report.mrenclave.hex(),
+        verified.status.value,
+    )
 
 
 def _open(secret: EphemeralKeyPair, encrypted_key: bytes) -> bytes:

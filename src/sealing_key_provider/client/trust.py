@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
+from .. import acceptance
+from ..acceptance import DEFAULT_ACCEPTED_TCB_STATUSES
+from ..dcap.tcb import TcbStatus
 
 MEASUREMENT_SIZE: Final = 32
 POLICY_DIGEST_SIZE: Final = 32
@@ -42,7 +44,8 @@ class ProviderTrust:
     - ``accepted_tcb_statuses``: DCAP TCB statuses of the provider's platform that are good enough.
       ``Revoked`` can never be accepted.
     - ``denied_advisory_ids``: Intel advisories (e.g. ``INTEL-SA-00615``) that refuse a platform even
-      when its status is accepted.
+      when its status is accepted; matched case-insensitively, like the provider's policy
+      (:mod:`sealing_key_provider.acceptance`).
     - ``expected_policy_digest``: the provider's release policy digest (``/v1/info``), v1 API only.
     - ``allow_debug_provider``: a DEBUG enclave's memory can be read by the host, so its keys are not
       secret; refused unless explicitly allowed (tests on debug builds).
@@ -54,7 +57,7 @@ class ProviderTrust:
     mrsigner: bytes | None = None
     isvprodid: int | None = None
     min_isvsvn: int | None = None
-    accepted_tcb_statuses: frozenset[str] = field(default=DEFAULT_ACCEPTED_TCB_STATUSES)
+    accepted_tcb_statuses: frozenset[TcbStatus] = field(default=DEFAULT_ACCEPTED_TCB_STATUSES)
     denied_advisory_ids: frozenset[str] = field(default=frozenset())
     expected_policy_digest: bytes | None = None
     allow_debug_provider: bool = False
@@ -74,18 +77,15 @@ class ProviderTrust:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not 0 <= value <= _U16_MAX):
                 raise ValueError(f"{name} must be an integer 0..65535")
-        statuses = frozenset(self.accepted_tcb_statuses)
-        if not statuses:
-            raise ValueError("accepted_tcb_statuses must not be empty")
-        unknown = sorted(statuses - KNOWN_TCB_STATUSES)
-        if unknown:
-            raise ValueError(
-                f"unknown TCB status {unknown[0]!r}; known: {', '.join(sorted(KNOWN_TCB_STATUSES))}"
-            )
-        if "Revoked" in statuses:
-            raise ValueError("a Revoked platform can never be accepted")
+        # The same vocabulary and rules as the provider's policy: ValueError on an unknown or
+        # Revoked status, an empty list, or an entry that is not an advisory ID.
+        try:
+            statuses = acceptance.accepted_tcb_statuses(self.accepted_tcb_statuses)
+            denied = acceptance.denied_advisory_ids(self.denied_advisory_ids)
+        except ValueError as e:
+            raise ValueError(f"provider trust: {e}") from None
         object.__setattr__(self, "accepted_tcb_statuses", statuses)
-        object.__setattr__(self, "denied_advisory_ids", frozenset(self.denied_advisory_ids))
+        object.__setattr__(self, "denied_advisory_ids", denied)
         digest = self.expected_policy_digest
         if digest is not None and (not isinstance(digest, bytes) or len(digest) != POLICY_DIGEST_SIZE):
             raise ValueError(f"expected_policy_digest must be {POLICY_DIGEST_SIZE} bytes")
@@ -110,8 +110,8 @@ class ProviderTrust:
             mrsigner=_hex(mrsigner, "MRSIGNER", MEASUREMENT_SIZE),
             isvprodid=isvprodid,
             min_isvsvn=min_isvsvn,
-            accepted_tcb_statuses=frozenset(accepted_tcb_statuses),
-            denied_advisory_ids=frozenset(denied_advisory_ids),
+            accepted_tcb_statuses=acceptance.accepted_tcb_statuses(accepted_tcb_statuses),
+            denied_advisory_ids=acceptance.denied_advisory_ids(denied_advisory_ids),
             expected_policy_digest=_hex(expected_policy_digest, "policy digest", POLICY_DIGEST_SIZE),
             allow_debug_provider=allow_debug_provider,
             allow_dev_mode_provider=allow_dev_mode_provider,

@@ -5,8 +5,9 @@ Nothing from the answer is used until all of these pass (the sealed box is opene
 
 1. the provider quote parses and is an SGX quote;
 2. DCAP verification with the given collateral, at the given time, chained to the verifier's anchor;
-3. the TCB status of the provider's platform is accepted and no denied advisory applies;
-4. the enclave is *the* provider: MRENCLAVE / MRSIGNER (and ISVPRODID / ISVSVN if pinned), not DEBUG;
+3. the provider's platform is acceptable by the rule the provider's own policy applies to TDs
+   (:mod:`sealing_key_provider.acceptance`): TCB status accepted, no denied advisory, not DEBUG;
+4. the enclave is *the* provider: MRENCLAVE / MRSIGNER (and ISVPRODID / ISVSVN if pinned);
 5. the quote's report data binds this answer (legacy: the ciphertext; v1: the ciphertext and the
    request context: our exact TD quote, scheme, key name, key version, policy digest);
 6. same platform: the PPID and FMSPC of the provider's verified PCK certificate equal those of the PCK
@@ -23,28 +24,22 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from cryptography import x509
-
+from ..acceptance import check_acceptable
 from ..binding import RequestContext, report_data_v1, verify_report_data_legacy, verify_report_data_v1
 from ..collateral.source import CollateralSource, for_quote
 from ..dcap import PckIdentity, Quote, TeeType, VerifiedQuote, Verifier, parse_quote
-from ..dcap.pck import X509_ERRORS, pck_identity
+from ..dcap.pck import pck_leaf_identity
 from ..errors import (
-    AdvisoryDenied,
     CollateralError,
     PlatformMismatch,
     ProviderIdentityMismatch,
     QuoteError,
     ResponseBindingInvalid,
-    TcbStatusRejected,
     UnsupportedQuote,
 )
 from ..wire import KeyResponseV1
 from .errors import TdQuoteInvalid
 from .trust import ProviderTrust
-
-#: A TD quote whose PCK certificate cannot be read: cryptography's parse errors, or none at all.
-_PCK_READ_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, IndexError, QuoteError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +66,9 @@ def inspect_td_quote(td_quote: bytes, report_data: bytes) -> TdQuoteInfo:
     if not hmac.compare_digest(parsed.td_report.report_data, report_data):
         raise TdQuoteInvalid("the TD quote does not carry the report data it was asked for")
     try:
-        leaf = x509.load_pem_x509_certificates(parsed.pck_chain_pem)[0]
-        pck = pck_identity(leaf)
-    except _PCK_READ_ERRORS as e:
-        detail = e.message if isinstance(e, QuoteError) else "no readable PCK certificate chain"
-        raise TdQuoteInvalid(f"the TD quote carries no usable PCK certificate: {detail}") from None
+        pck = pck_leaf_identity(parsed.pck_chain_pem)
+    except QuoteError as e:
+        raise TdQuoteInvalid(f"the TD quote carries no usable PCK certificate: {e.message}") from None
     return TdQuoteInfo(td_quote, parsed, pck)
 
 
@@ -101,17 +94,17 @@ def verify_provider_quote(
     except (QuoteError, CollateralError) as e:
         raise type(e)(f"provider quote: {e.message}", code=e.code) from None
 
-    status = verified.status.value
-    if status not in trust.accepted_tcb_statuses:
-        raise TcbStatusRejected(
-            f"provider platform TCB status {status} is not accepted "
-            f"(accepted: {', '.join(sorted(trust.accepted_tcb_statuses))})"
-        )
-    denied = [a for a in verified.advisory_ids if a in trust.denied_advisory_ids]
-    if denied:
-        raise AdvisoryDenied(f"provider platform is affected by denied advisory {denied[0]}")
-
     report = quote.enclave_report
+    check_acceptable(
+        status=verified.status,
+        advisory_ids=verified.advisory_ids,
+        debug=report.debug,
+        accepted=trust.accepted_tcb_statuses,
+        denied=trust.denied_advisory_ids,
+        allow_debug=trust.allow_debug_provider,
+        subject="provider platform",
+        debug_refused=_debug_provider_refused,
+    )
     if trust.mrenclave is not None and not hmac.compare_digest(report.mrenclave, trust.mrenclave):
         raise ProviderIdentityMismatch(
             f"provider MRENCLAVE {report.mrenclave.hex()} is not the expected {trust.mrenclave.hex()}"
@@ -128,11 +121,13 @@ def verify_provider_quote(
         raise ProviderIdentityMismatch(
             f"provider ISVSVN {report.isvsvn} is below the required minimum {trust.min_isvsvn}"
         )
-    if report.debug and not trust.allow_debug_provider:
-        raise ProviderIdentityMismatch(
-            "provider enclave has the DEBUG attribute: the host can read its memory, so its keys are not secret"
-        )
     return verified
+
+
+def _debug_provider_refused() -> ProviderIdentityMismatch:
+    return ProviderIdentityMismatch(
+        "provider enclave has the DEBUG attribute: the host can read its memory, so its keys are not secret"
+    )
 
 
 def verify_binding_legacy(verified: VerifiedQuote, encrypted_key: bytes) -> None:
@@ -228,7 +223,7 @@ def request_context_v1(
 def verify_same_platform(verified: VerifiedQuote, td: TdQuoteInfo) -> None:
     """Step 6: the provider's (verified) PCK identity names the TD's platform."""
     mine, theirs = td.pck, verified.pck
-    if not hmac.compare_digest(mine.ppid, theirs.ppid) or mine.fmspc != theirs.fmspc:
+    if not mine.same_platform(theirs):
         raise PlatformMismatch(
             "the provider runs on another platform: its PCK certificate has PPID/FMSPC "
             f"{theirs.ppid.hex()}/{theirs.fmspc.hex().upper()}, this TD's has "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from .cache import DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES, CachingSource, Clock
+from .cache import DEFAULT_FAILURE_BACKOFF, DEFAULT_MAX_AGE, DEFAULT_MAX_ENTRIES, CachingSource, Clock
 from .pccs_client import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, PccsClient
 from .source import CollateralSource, FileSource
 
@@ -27,6 +27,7 @@ def build_source(
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     cache_max_entries: int = DEFAULT_MAX_ENTRIES,
     cache_max_age: float | None = DEFAULT_MAX_AGE,
+    failure_backoff: float = DEFAULT_FAILURE_BACKOFF,
 ) -> CollateralSource:
     """A :class:`FileSource` for ``file``, or a :class:`PccsClient` for ``pccs_url`` behind a
     :class:`CachingSource` (exactly one of the two must be given).
@@ -47,4 +48,6 @@ def build_source(
         ca_bundle=ca_bundle,
         insecure=insecure,
     )
-    return CachingSource(client, clock, max_entries=cache_max_entries, max_age=cache_max_age)
+    return CachingSource(
+        client, clock, max_entries=cache_max_entries, max_age=cache_max_age, failure_backoff=failure_backoff
+    )

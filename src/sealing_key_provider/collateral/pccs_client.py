@@ -270,7 +270,7 @@ class PccsClient:
             delay = min(_BACKOFF_MAX, _BACKOFF_BASE * (2 ** (attempt - 1)))
             if attempt > self.retries or deadline.remaining() <= delay:
                 raise CollateralUnavailable(f"GET {path}: {reason} (after {attempt} attempt(s))")
-            log.info("GET %s failed (%s); retrying in %.1f s", path, reason, delay)
+            log.debug("GET %s failed (%s); retrying in %.1f s", path, reason, delay)
             time.sleep(delay)
 
     @staticmethod

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
-from cryptography import x509
-
 from ..dcap.abi import Quote
 from ..dcap.collateral import MAX_COLLATERAL_JSON, Collateral
-from ..dcap.pck import X509_ERRORS, pck_identity
-from ..errors import CollateralMalformed, CollateralUnavailable, PckChainInvalid
+from ..dcap.pck import pck_leaf_identity
+from ..errors import CollateralMalformed, CollateralUnavailable
 
 TEE_TYPES: Final = ("sgx", "tdx")
 CA_TYPES: Final = ("platform", "processor")
@@ -63,13 +61,7 @@ def for_quote(quote: Quote) -> tuple[str, bytes, str]:
     Only the leaf is read; whether the chain is genuine is the verifier's business, so a forged leaf
     can at worst make us fetch the wrong (and then non-verifying) collateral.
     """
-    try:
-        certs = x509.load_pem_x509_certificates(quote.pck_chain_pem)
-    except X509_ERRORS as e:
-        raise PckChainInvalid(f"PCK certificate chain in the quote cannot be parsed: {e}") from e
-    if not certs:
-        raise PckChainInvalid("PCK certificate chain in the quote is empty")
-    ident = pck_identity(certs[0])
+    ident = pck_leaf_identity(quote.pck_chain_pem)
     return ("tdx" if quote.is_tdx else "sgx", ident.fmspc, ident.ca_type)
 
 

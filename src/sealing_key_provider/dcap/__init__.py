@@ -12,8 +12,9 @@ certificate's SGX extension), ``collateral`` (signed TCB info / QE identity docu
 from .abi import BodyType, EnclaveReport, Quote, QuoteHeader, TdReport, TeeType, parse_quote
 from .collateral import Collateral, EnclaveIdentity, TcbInfo
 from .pck import PckIdentity
+from .tcb import TcbStatus
 from .trust import INTEL_SGX_ROOT_CA_PEM, intel_sgx_root_ca
-from .verify import TcbStatus, VerifiedQuote, Verifier
+from .verify import VerifiedQuote, Verifier
 
 __all__ = [
     "INTEL_SGX_ROOT_CA_PEM",

@@ -21,6 +21,14 @@ TD10_REPORT_SIZE = 584
 TD15_REPORT_SIZE = 648
 ECDSA_SIG_SIZE = 64
 ECDSA_KEY_SIZE = 64
+#: REPORTDATA: 64 bytes at these offsets of an SGX report body and a TD report body (TDX 1.0 and 1.5).
+REPORT_DATA_SIZE = 64
+SGX_REPORT_DATA_OFFSET = 320
+TD_REPORT_DATA_OFFSET = 520
+_SGX_REPORT_DATA = slice(SGX_REPORT_DATA_OFFSET, SGX_REPORT_DATA_OFFSET + REPORT_DATA_SIZE)
+_TD_REPORT_DATA = slice(TD_REPORT_DATA_OFFSET, TD_REPORT_DATA_OFFSET + REPORT_DATA_SIZE)
+#: A v5 quote's body descriptor between header and body: u16 body type, u32 body size.
+V5_BODY_DESCRIPTOR_SIZE = 6
 
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 ATT_KEY_TYPE_ECDSA_P256 = 2
@@ -33,6 +41,11 @@ CERT_TYPE_QE_REPORT = 6
 #: A DCAP quote is about 5 KiB; configfs-tsm caps outblobs at 32 KiB. Anything larger is refused
 #: before it is looked at, so a hostile length field can never make us walk megabytes.
 MAX_QUOTE_SIZE = 64 * 1024
+
+#: EGETKEY's KEYPOLICY choices by name: a sealing key bound to the enclave's MRENCLAVE (one exact
+#: build) or to its MRSIGNER and ISVPRODID (every build of that signer). The configuration, the Gramine
+#: platform and the simulator all accept exactly these.
+SEAL_KEY_POLICIES = ("mrenclave", "mrsigner")
 
 SGX_FLAG_DEBUG = 0x02
 TD_ATTR_DEBUG = 0x01
@@ -230,7 +243,7 @@ def parse_enclave_report(raw: bytes) -> EnclaveReport:
         isvsvn=isvsvn,
         configsvn=configsvn,
         isvfamilyid=raw[304:320],
-        report_data=raw[320:384],
+        report_data=raw[_SGX_REPORT_DATA],
         raw=raw,
     )
 
@@ -254,7 +267,7 @@ def parse_td_report(raw: bytes) -> TdReport:
         rtmr1=raw[376:424],
         rtmr2=raw[424:472],
         rtmr3=raw[472:520],
-        report_data=raw[520:584],
+        report_data=raw[_TD_REPORT_DATA],
         tee_tcb_svn2=raw[584:600] if v15 else None,
         mrservicetd=raw[600:648] if v15 else None,
         raw=raw,
@@ -273,50 +286,41 @@ def _strip_pem(data: bytes) -> bytes:
     return data.rstrip(b"\x00")
 
 
-def parse_quote(data: bytes) -> Quote:
-    """Parse a DCAP quote (v3, v4 or v5) without verifying anything cryptographic."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise QuoteMalformed("quote must be bytes")
-    data = bytes(data)
-    if len(data) > MAX_QUOTE_SIZE:
-        raise QuoteMalformed(f"quote is {len(data)} bytes, more than the {MAX_QUOTE_SIZE}-byte limit")
-    if len(data) < HEADER_SIZE:
-        raise QuoteMalformed(f"quote truncated: {len(data)} bytes is shorter than the 48-byte header")
-    header = parse_header(data)
-    r = _Reader(data, HEADER_SIZE)
-
+def _body_type(header: QuoteHeader, r: _Reader) -> BodyType:
+    """The body's type: implied by version and TEE type (v3, v4), or read from a v5 body descriptor."""
     if header.version == 3:
         if header.tee_type != TeeType.SGX:
             raise UnsupportedQuote("a version 3 quote must be an SGX quote")
-        body_type = BodyType.SGX
-    elif header.version == 4:
-        body_type = BodyType.TD10 if header.tee_type == TeeType.TDX else BodyType.SGX
-    else:
-        raw_type = r.u16("body type")
-        body_size = r.u32("body size")
-        if raw_type not in (1, 2, 3):
-            raise UnsupportedQuote(f"quote v5 body type {raw_type} is not supported (1, 2 or 3)")
-        body_type = BodyType(raw_type)
-        if (body_type == BodyType.SGX) != (header.tee_type == TeeType.SGX):
-            raise QuoteMalformed(f"quote v5 body type {raw_type} contradicts TEE type {header.tee_type:#x}")
-        if body_size != _BODY_SIZES[body_type]:
-            raise QuoteMalformed(
-                f"quote v5 body size {body_size} does not match body type {raw_type} "
-                f"({_BODY_SIZES[body_type]} bytes)"
-            )
+        return BodyType.SGX
+    if header.version == 4:
+        return BodyType.TD10 if header.tee_type == TeeType.TDX else BodyType.SGX
+    raw_type = r.u16("body type")
+    body_size = r.u32("body size")
+    if raw_type not in (1, 2, 3):
+        raise UnsupportedQuote(f"quote v5 body type {raw_type} is not supported (1, 2 or 3)")
+    body_type = BodyType(raw_type)
+    if (body_type == BodyType.SGX) != (header.tee_type == TeeType.SGX):
+        raise QuoteMalformed(f"quote v5 body type {raw_type} contradicts TEE type {header.tee_type:#x}")
+    if body_size != _BODY_SIZES[body_type]:
+        raise QuoteMalformed(
+            f"quote v5 body size {body_size} does not match body type {raw_type} "
+            f"({_BODY_SIZES[body_type]} bytes)"
+        )
+    return body_type
 
-    body_raw = r.take(_BODY_SIZES[body_type], "report body")
-    body: EnclaveReport | TdReport = (
-        parse_enclave_report(body_raw) if body_type == BodyType.SGX else parse_td_report(body_raw)
-    )
-    signed_end = r.pos
-    sig_len = r.u32("signature data length")
-    sig = _Reader(r.take(sig_len, "signature data"))
 
+#: Quote signature, attestation key, QE report, QE report signature, QE authentication data, PCK chain
+#: (a plain tuple: parse_quote runs on every verification, warm ones included).
+_SignatureData = tuple[bytes, bytes, "EnclaveReport", bytes, bytes, bytes]
+
+
+def _signature_data(sig: _Reader, version: int) -> _SignatureData:
+    """The quote's signature data: the quote signature and attestation key, then (directly in v3,
+    inside certification data of type 6 in v4/v5) the QE report, its signature, the QE
+    authentication data and the PCK certificate chain. Every byte must be accounted for."""
     signature = sig.take(ECDSA_SIG_SIZE, "quote signature")
     attestation_key = sig.take(ECDSA_KEY_SIZE, "attestation key")
-
-    if header.version == 3:
+    if version == 3:
         cert = sig
     else:
         outer_type = sig.u16("certification data type")
@@ -341,9 +345,32 @@ def parse_quote(data: bytes) -> Quote:
     chain = cert.take(cert_size, "PCK certificate chain")
     if cert.pos != len(cert.buf):
         raise QuoteMalformed(f"{len(cert.buf) - cert.pos} unexpected bytes after the PCK certificate chain")
-    if header.version != 3 and sig.pos != len(sig.buf):
+    if version != 3 and sig.pos != len(sig.buf):
         raise QuoteMalformed(f"{len(sig.buf) - sig.pos} unexpected bytes after the certification data")
+    return signature, attestation_key, qe_report, qe_report_signature, qe_auth_data, chain
 
+
+def parse_quote(data: bytes) -> Quote:
+    """Parse a DCAP quote (v3, v4 or v5) without verifying anything cryptographic."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise QuoteMalformed("quote must be bytes")
+    data = bytes(data)
+    if len(data) > MAX_QUOTE_SIZE:
+        raise QuoteMalformed(f"quote is {len(data)} bytes, more than the {MAX_QUOTE_SIZE}-byte limit")
+    if len(data) < HEADER_SIZE:
+        raise QuoteMalformed(f"quote truncated: {len(data)} bytes is shorter than the 48-byte header")
+    header = parse_header(data)
+    r = _Reader(data, HEADER_SIZE)
+    body_type = _body_type(header, r)
+    body_raw = r.take(_BODY_SIZES[body_type], "report body")
+    body: EnclaveReport | TdReport = (
+        parse_enclave_report(body_raw) if body_type == BodyType.SGX else parse_td_report(body_raw)
+    )
+    signed_end = r.pos
+    sig_len = r.u32("signature data length")
+    signature, attestation_key, qe_report, qe_report_signature, qe_auth_data, chain = _signature_data(
+        _Reader(r.take(sig_len, "signature data")), header.version
+    )
     return Quote(
         header=header,
         body_type=body_type,

@@ -6,7 +6,7 @@ from cryptography import x509
 
 from ..errors import ProviderError
 from .abi import EnclaveReport, Quote, TdReport
-from .pck import X509_ERRORS, pck_identity
+from .pck import X509_ERRORS, pck_leaf_identity
 
 _READ_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, IndexError, ProviderError)
 
@@ -79,8 +79,8 @@ def quote_dict(q: Quote) -> dict[str, object]:
         "qe_auth_data": q.qe_auth_data.hex(),
     }
     try:
+        out["pck"] = pck_leaf_identity(q.pck_chain_pem).to_dict()
         certs = x509.load_pem_x509_certificates(q.pck_chain_pem)
-        out["pck"] = pck_identity(certs[0]).to_dict()
         out["pck_chain_subjects"] = [c.subject.rfc4514_string() for c in certs]
     except _READ_ERRORS as e:
         out["pck_error"] = str(e)

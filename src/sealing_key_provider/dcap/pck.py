@@ -7,14 +7,27 @@ read here is the real one, which the provider compares across the TD's and its o
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..errors import PckCertificateInvalid
-from .der import tlv
+from ..errors import PckCertificateInvalid, PckChainInvalid
+from .der import (
+    TAG_BOOLEAN,
+    TAG_INTEGER,
+    TAG_OCTET_STRING,
+    TAG_OID,
+    TAG_SEQUENCE,
+    common_name,
+    decode_body,
+    load_cert,
+    pem_bodies,
+    tlv,
+)
 
 SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
 
@@ -32,12 +45,7 @@ X509_ERRORS: tuple[type[Exception], ...] = (
 
 _PREFIX = "1.2.840.113741.1.13.1"
 
-TAG_BOOLEAN = 0x01
-TAG_INTEGER = 0x02
-TAG_OCTET_STRING = 0x04
-TAG_OID = 0x06
 TAG_ENUMERATED = 0x0A
-TAG_SEQUENCE = 0x30
 
 SGX_TYPES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
 
@@ -199,6 +207,14 @@ class PckIdentity:
     cached_keys: bool | None = None
     smt_enabled: bool | None = None
 
+    def same_platform(self, other: PckIdentity) -> bool:
+        """Both identities name one machine: equal PPID (compared in constant time) and FMSPC.
+
+        The one "same platform" rule: the provider applies it to a TD's verified PCK identity, the TD
+        to the provider's. (The TCB may differ: a PCK certificate of the same machine can be newer.)
+        """
+        return hmac.compare_digest(self.ppid, other.ppid) and self.fmspc == other.fmspc
+
     def to_dict(self) -> dict[str, object]:
         return {
             "ppid": self.ppid.hex(),
@@ -214,11 +230,6 @@ class PckIdentity:
             "cached_keys": self.cached_keys,
             "smt_enabled": self.smt_enabled,
         }
-
-
-def ca_type_of(issuer: x509.Name) -> str:
-    names = issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return ca_type_of_cn(str(names[0].value) if names else "")
 
 
 def ca_type_of_cn(cn: str) -> str:
@@ -302,8 +313,8 @@ SGX_EXTENSION_OID_DER = encode_oid(_PREFIX)
 
 
 def pck_identity_of(extensions: Mapping[bytes, bytes], issuer_cn: str) -> PckIdentity:
-    """The same as :func:`pck_identity`, from a leaf's raw extensions (extnID DER content to extnValue
-    content) and its issuer's common name, as the verifier reads them without ``cryptography``."""
+    """The platform identity from a PCK leaf's raw extensions (extnID DER content to extnValue
+    content, as :func:`.der.load_cert` reads them) and its issuer's common name."""
     value = extensions.get(SGX_EXTENSION_OID_DER)
     if value is None:
         raise PckCertificateInvalid("PCK certificate has no SGX extension")
@@ -311,18 +322,37 @@ def pck_identity_of(extensions: Mapping[bytes, bytes], issuer_cn: str) -> PckIde
 
 
 def pck_identity(cert: x509.Certificate) -> PckIdentity:
-    """Read the SGX extension of a PCK leaf certificate."""
+    """Read the SGX extension of a PCK leaf certificate (through the verifier's DER reader)."""
     try:
-        ext = cert.extensions.get_extension_for_oid(SGX_EXTENSION_OID)
-    except x509.ExtensionNotFound as e:
-        raise PckCertificateInvalid("PCK certificate has no SGX extension") from e
+        parts = load_cert(cert.public_bytes(Encoding.DER))
+        issuer_cn = common_name(parts.issuer)
     except X509_ERRORS as e:
-        raise PckCertificateInvalid(f"PCK certificate extensions are malformed: {e}") from e
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise PckCertificateInvalid("PCK certificate SGX extension has an unexpected form")
+        raise PckCertificateInvalid(f"PCK certificate is malformed: {e}") from e
+    return pck_identity_of(parts.extensions, issuer_cn)
+
+
+#: A chain without a readable first certificate: cryptography's errors, or no certificate at all.
+_LEAF_ERRORS: tuple[type[Exception], ...] = (*X509_ERRORS, IndexError)
+
+
+def pck_leaf_identity(chain_pem: bytes) -> PckIdentity:
+    """This platform's identity (PPID, FMSPC, PCE-ID, TCB, CA type) from the first certificate of a
+    quote's PEM PCK chain.
+
+    The one place the project reads a platform's identity out of a chain. It proves nothing: the
+    chain is not checked here (:meth:`.verify.Verifier.pck_identity` checks it), so callers use it to
+    describe a quote, to pick collateral (a forged leaf only fetches collateral that will not verify)
+    or to compare against an identity that was proven. ``PCK_CHAIN_INVALID`` if no certificate can be
+    read, ``PCK_CERTIFICATE_INVALID`` if the leaf's SGX extension is missing or malformed.
+    """
     try:
-        issuer = cert.issuer
-    except X509_ERRORS as e:
-        raise PckCertificateInvalid(f"PCK certificate issuer is malformed: {e}") from e
-    return parse_sgx_extension(value.value, ca_type_of(issuer))
+        bodies = pem_bodies(chain_pem)
+        if bodies is not None:
+            der = decode_body(bodies[0])
+        else:  # anything but a plain chain: cryptography's PEM reader decides
+            der = x509.load_pem_x509_certificates(chain_pem)[0].public_bytes(Encoding.DER)
+        parts = load_cert(der)
+        issuer_cn = common_name(parts.issuer)
+    except _LEAF_ERRORS as e:
+        raise PckChainInvalid(f"the PCK certificate chain has no readable leaf certificate: {e}") from e
+    return pck_identity_of(parts.extensions, issuer_cn)

@@ -22,14 +22,11 @@ CRL) is parsed once, recognised by its exact PEM body.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache
 from operator import ge
-from typing import Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -85,27 +82,10 @@ from .der import (
     oid_text,
     pem_bodies,
 )
+from .lru import Lru
 from .pck import X509_ERRORS, PckIdentity, pck_identity_of
+from .tcb import IDENTITY_TCB_STATUSES, TCB_STATUS_BY_NAME, TcbStatus
 from .trust import intel_sgx_root_ca
-
-
-class TcbStatus(StrEnum):
-    """Intel's TCB status names, as in TCB info JSON and QVL results."""
-
-    UP_TO_DATE = "UpToDate"
-    SW_HARDENING_NEEDED = "SWHardeningNeeded"
-    CONFIGURATION_NEEDED = "ConfigurationNeeded"
-    CONFIGURATION_AND_SW_HARDENING_NEEDED = "ConfigurationAndSWHardeningNeeded"
-    OUT_OF_DATE = "OutOfDate"
-    OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
-    REVOKED = "Revoked"
-
-
-_PLATFORM_STATUSES = frozenset(s.value for s in TcbStatus)
-#: TcbStatus by value (a dict lookup; calling the enum costs ~0.5 us). Statuses are checked against
-#: _PLATFORM_STATUSES / _IDENTITY_STATUSES before they are looked up.
-_STATUS = {s.value: s for s in TcbStatus}
-_IDENTITY_STATUSES = frozenset({"UpToDate", "OutOfDate", "Revoked"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,44 +123,6 @@ class VerifiedQuote:
 
 
 # --- Small pieces ---------------------------------------------------------------------------------
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class _Lru(Generic[_K, _V]):
-    """A bounded, thread-safe LRU map; the verifier's memory must not grow with hostile input."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[_K, _V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: _K) -> _V | None:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        return None
-
-    def put(self, key: _K, value: _V) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-    def get_or_make(self, key: _K, make: Callable[[], _V]) -> _V:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        value = make()  # may raise: failures are never cached
-        with self._lock:
-            self._data[key] = value
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
-        return value
 
 
 class _Window(NamedTuple):
@@ -356,7 +298,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.checks: list[_Check] = []
-        self.commits: list[Callable[[], None]] = []
+        self.commits: list[Callable[[], object]] = []
 
     def raw(
         self, key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes, fail: Callable[[], ProviderError]
@@ -378,7 +320,7 @@ class _Batch:
             raise fail()
         self.checks.append(_Check(key, signature, tbs, fail))
 
-    def on_success(self, commit: Callable[[], None]) -> None:
+    def on_success(self, commit: Callable[[], object]) -> None:
         self.commits.append(commit)
 
     def run(self) -> None:
@@ -475,11 +417,11 @@ class Verifier:
         self._anchor_key = root.key
         self._anchor_window = root.window
         self._anchor_window_pck = root.pck_window
-        self._pck_cache: _Lru[bytes, _PckChain] = _Lru(256)
-        self._collateral_cache: _Lru[Collateral, _PreparedCollateral] = _Lru(64)
-        self._chain_cache: _Lru[bytes, tuple[Cert, ec.EllipticCurvePublicKey]] = _Lru(64)
-        self._qe_sig_cache: _Lru[tuple[bytes, bytes, bytes], bool] = _Lru(1024)
-        self._att_key_cache: _Lru[bytes, ec.EllipticCurvePublicKey] = _Lru(1024)
+        self._pck_cache: Lru[bytes, _PckChain] = Lru(256)
+        self._collateral_cache: Lru[Collateral, _PreparedCollateral] = Lru(64)
+        self._chain_cache: Lru[bytes, tuple[Cert, ec.EllipticCurvePublicKey]] = Lru(64)
+        self._qe_sig_cache: Lru[tuple[bytes, bytes, bytes], bool] = Lru(1024)
+        self._att_key_cache: Lru[bytes, ec.EllipticCurvePublicKey] = Lru(1024)
 
     @property
     def trust_anchor(self) -> x509.Certificate:
@@ -571,14 +513,14 @@ class Verifier:
             td = q.td_report
             module_level = self._check_tdx_module(td, tcb_info)
             level = self._tdx_level(td, pck.identity, tcb_info)
-            module_status = _STATUS[module_level.status] if module_level else None
-            status = _converge(_STATUS[level.status], module_status)
+            module_status = TCB_STATUS_BY_NAME[module_level.status] if module_level else None
+            status = _converge(TCB_STATUS_BY_NAME[level.status], module_status)
         else:
             module_level = None
             module_status = None
             level = self._sgx_level(pck.identity, tcb_info)
-            status = _STATUS[level.status]
-        qe_status = _STATUS[qe_level.status]
+            status = TCB_STATUS_BY_NAME[level.status]
+        qe_status = TCB_STATUS_BY_NAME[qe_level.status]
         status = _converge(status, qe_status)
 
         advisories: dict[str, None] = {}
@@ -601,7 +543,7 @@ class Verifier:
             advisory_ids=tuple(advisories),
             pck=pck.identity,
             collateral_expiry=expiry,
-            platform_status=_STATUS[level.status],
+            platform_status=TCB_STATUS_BY_NAME[level.status],
             qe_status=qe_status,
             tdx_module_status=module_status,
             tcb_date=level.tcb_date,
@@ -888,7 +830,7 @@ class Verifier:
             )
         for level in sorted(ident.tcb_levels, key=lambda lv: lv.isvsvn, reverse=True):
             if level.isvsvn <= r.isvsvn:
-                if level.status not in _IDENTITY_STATUSES:
+                if level.status not in IDENTITY_TCB_STATUSES:
                     raise CollateralMalformed(f"QE identity level has unknown status {level.status!r}")
                 return level
         raise TcbLevelNotFound(f"QE ISVSVN {r.isvsvn} is below every level of the QE identity")
@@ -925,7 +867,7 @@ class Verifier:
             return None
         for level in sorted(module.tcb_levels, key=lambda lv: lv.isvsvn, reverse=True):
             if td.tee_tcb_svn[0] >= level.isvsvn:
-                if level.status not in _IDENTITY_STATUSES:
+                if level.status not in IDENTITY_TCB_STATUSES:
                     raise CollateralMalformed(f"TDX module level has unknown status {level.status!r}")
                 return level
         raise TcbLevelNotFound(f"TDX module {module.id} SVN {td.tee_tcb_svn[0]} is below every level")
@@ -966,7 +908,7 @@ def _masked_equal(value: bytes, expected: bytes, mask: bytes) -> bool:
 
 
 def _known_status(level: TcbLevel) -> TcbLevel:
-    if level.status not in _PLATFORM_STATUSES:
+    if level.status not in TCB_STATUS_BY_NAME:
         raise CollateralMalformed(f"TCB level has unknown status {level.status!r}")
     return level
 

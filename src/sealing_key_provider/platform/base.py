@@ -10,17 +10,16 @@ from __future__ import annotations
 import hmac
 from typing import Final, Protocol, runtime_checkable
 
-from ..dcap.abi import TeeType, parse_enclave_report, parse_quote
+from ..dcap.abi import REPORT_DATA_SIZE, SGX_REPORT_SIZE, TeeType, parse_enclave_report, parse_quote
 from ..errors import PlatformError, QuoteError
 
-REPORT_DATA_SIZE: Final = 64
 SEALING_KEY_SIZE: Final = 16
 #: ISVPRODID of production builds and of development (``DEV_MODE=1``) builds (the Makefile signs them
 #: so): a development build signed with the production key still gets another MRSIGNER sealing key.
 PRODUCTION_ISVPRODID: Final = 0
 DEV_MODE_ISVPRODID: Final = 1
 #: ``sgx_report_body_t``: the body of an EREPORT and of an SGX quote.
-REPORT_BODY_SIZE: Final = 384
+REPORT_BODY_SIZE: Final = SGX_REPORT_SIZE
 #: Fields compared between the enclave's own report and its quote, named in the error on a mismatch.
 _BODY_FIELDS: Final = (
     "mrenclave",

@@ -23,18 +23,22 @@ import threading
 from pathlib import Path
 from typing import Final
 
+from ..dcap.abi import (
+    HEADER_SIZE,
+    MAX_QUOTE_SIZE,
+    REPORT_DATA_SIZE,
+    SEAL_KEY_POLICIES,
+    SGX_REPORT_DATA_OFFSET,
+)
 from ..errors import PlatformError, RestartRequired
 from .base import REPORT_BODY_SIZE, SEALING_KEY_SIZE, check_report_data
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT: Final = "/dev/attestation"
-KEY_POLICIES: Final = ("mrenclave", "mrsigner")
-#: Gramine caps quotes at 8 KiB (QUOTE_MAX_SIZE); read a little more to notice anything larger.
-MAX_QUOTE_SIZE: Final = 64 * 1024
 #: REPORTDATA of an SGX v3 quote: header (48) + report body offset 320, 64 bytes.
-SGX_QUOTE_REPORT_DATA_OFFSET: Final = 368
-_RD_END: Final = SGX_QUOTE_REPORT_DATA_OFFSET + 64
+SGX_QUOTE_REPORT_DATA_OFFSET: Final = HEADER_SIZE + SGX_REPORT_DATA_OFFSET
+_RD_END: Final = SGX_QUOTE_REPORT_DATA_OFFSET + REPORT_DATA_SIZE
 #: ``sgx_report_t``: body (384) || KEYID (32) || MAC (16).
 SGX_REPORT_SIZE: Final = 432
 
@@ -91,8 +95,8 @@ class GraminePlatform:
     )
 
     def __init__(self, root: str | Path = DEFAULT_ROOT, key_policy: str = "mrenclave") -> None:
-        if key_policy not in KEY_POLICIES:
-            raise ValueError(f"key_policy must be one of {KEY_POLICIES}, got {key_policy!r}")
+        if key_policy not in SEAL_KEY_POLICIES:
+            raise ValueError(f"key_policy must be one of {SEAL_KEY_POLICIES}, got {key_policy!r}")
         self.root = Path(root)
         self.key_policy = key_policy
         self._lock = threading.Lock()
@@ -114,6 +118,7 @@ class GraminePlatform:
         with self._lock:
             _write_file(self._report_data_path, rd)
             quote = _read_file(self._quote_path, MAX_QUOTE_SIZE)
+        # Gramine caps quotes at 8 KiB (QUOTE_MAX_SIZE); reading up to the parser's limit notices more.
         if len(quote) > MAX_QUOTE_SIZE:
             raise PlatformError(f"{self._quote_path} returned more than {MAX_QUOTE_SIZE} bytes")
         if len(quote) < _RD_END:

@@ -1,10 +1,11 @@
 """The network interfaces: the legacy TCP protocol and the HTTP API v1.
 
-Modules: :mod:`.assembly` (configuration → provider), :mod:`.service` (what both protocols share:
-limits, worker threads, metrics, refusal logging), :mod:`.legacy` and :mod:`.http_api` (the two
-protocols), :mod:`.http_protocol` (uvicorn's HTTP/1.1 with our connection budget and head deadline),
-:mod:`.app` (both listeners in one event loop, signals, shutdown), :mod:`.limits`,
-:mod:`.metrics`, :mod:`.logs`. The ``serve`` command is :mod:`sealing_key_provider.cli.serve`.
+Modules: :mod:`.assembly` (configuration → provider), :mod:`.service` (what all listeners share:
+admission, limits, deadline, worker threads, metrics, refusal logging), :mod:`.listener` (accept and
+admission for every listener), :mod:`.legacy`, :mod:`.http_server` (HTTP/1.1 on h11) and
+:mod:`.http_api` (the v1 application), :mod:`.status` (error code → HTTP status), :mod:`.app` (all
+listeners in one event loop, signals, shutdown), :mod:`.limits`, :mod:`.refusals`, :mod:`.metrics`,
+:mod:`.logs`. The ``serve`` command is :mod:`sealing_key_provider.cli.serve`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
-"""Run the listeners (legacy TCP, HTTP v1 and, if configured, HTTPS v1 over RA-TLS) in one asyncio
+"""Run every listener (legacy TCP, HTTP v1 and, if configured, HTTPS v1 over RA-TLS) in one asyncio
 event loop, renew the provider's attestation in the background, and stop them cleanly.
 
-uvicorn runs as a :class:`uvicorn.Server` inside our loop (not ``uvicorn.run``), on a socket we bind
-ourselves: binding errors are ours to report (uvicorn would ``sys.exit`` from inside a task), tests can
-bind port 0, and both protocols share one loop, one concurrency gate and one rate limiter. Signals are
-ours too: SIGTERM/SIGINT stop accepting, let in-flight requests finish within a grace period, and
-exit 0; a second signal stops at once. :class:`RestartRequired` (Gramine refuses attestation) stops
-at once with exit status 1, so the supervisor restarts the enclave, as the original did.
-
-``server.max_connections`` caps the open connections of all listeners together; one over it is
-closed at accept and logged ``OVERLOADED`` (:mod:`.http_protocol` plugs the budget into uvicorn).
-Requests that are admitted but find no worker slot in time get the JSON ``OVERLOADED`` from the gate.
+The listeners are ours (:mod:`.listener`): we bind their sockets ourselves (binding errors are ours to
+report, tests can bind port 0), and all of them share one event loop, one admission (connection
+shares), one rate limiter and one set of worker slots. Signals are ours too: SIGTERM/SIGINT stop
+accepting, close idle connections, let in-flight requests finish within a grace period, and exit 0; a
+second signal cuts every connection at once. :class:`RestartRequired` (Gramine refuses attestation)
+stops at once with exit status 1, so the supervisor restarts the enclave, as the original did.
 """
 
 from __future__ import annotations
@@ -21,30 +17,28 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
-import uvicorn
-
+from ..attested_key import Attestation
 from ..collateral import CachingSource, CollateralSource
 from ..config import Config, ServerConfig, parse_listen
 from ..errors import ConfigError, PlatformError, ProviderError, RestartRequired
 from ..provider import Provider
 from .http_api import create_app
-from .http_protocol import budgeted_protocol
-from .https import RaTlsContext, ratls_protocol
+from .http_server import HttpServer
+from .https import RaTlsContext
 from .legacy import LegacyServer
+from .listener import Listener
 from .metrics import Metrics
 from .service import KeyService
 
 log = logging.getLogger("sealing_key_provider.server")
 
-#: Seconds uvicorn keeps an idle keep-alive connection (TD clients make one request per boot).
-KEEP_ALIVE: Final = 5
 #: Seconds between two attestation maintenance rounds (renewal due? own quote still verifying?).
 MAINTENANCE_INTERVAL: Final = 60.0
-#: Largest incomplete HTTP head (request line + headers) uvicorn's h11 parser buffers.
-MAX_HTTP_HEAD: Final = 16 * 1024
+#: Seconds between summaries of cheap refusals (see :mod:`.refusals`).
+SUMMARY_INTERVAL: Final = 10.0
 
 
 def shutdown_grace(config: ServerConfig) -> float:
@@ -79,14 +73,6 @@ def _url(scheme: str, sock: socket.socket) -> str:
     return f"{scheme}://{shown}:{port}"
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the process-wide ones belong to :class:`ProviderServer`."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class ProviderServer:
     """The legacy and HTTP listeners around one :class:`Provider`. Use from one event loop."""
 
@@ -101,18 +87,23 @@ class ProviderServer:
         self.service = KeyService(provider, self.config, self.metrics, on_fatal=self._on_fatal)
         self.app = create_app(self.service)
         self.legacy = LegacyServer(self.service)
+        self.http = HttpServer(self.service, self.app)
+        #: The RA-TLS listener: the same API, admission and limits; answers need no quote or signature.
+        self.https = HttpServer(self.service, self.app, scheme="https")
+        self.tls: RaTlsContext | None = None
+        self.listeners: list[Listener] = []
         self.exit_code = 0
         self.legacy_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self.https_address: tuple[str, int] | None = None
-        self._https_uvicorn: _EmbeddedUvicorn | None = None
-        self._https_task: asyncio.Task[None] | None = None
         self._maintenance_task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
+        self._cut: asyncio.Event | None = None
         self._grace = shutdown_grace(self.config)
-        self._uvicorn: _EmbeddedUvicorn | None = None
-        self._uvicorn_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._summaries: asyncio.Task[None] | None = None
+        #: Set at shutdown when worker threads were still busy (see :meth:`shutdown`).
+        self.abandoned = False
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -125,6 +116,7 @@ class ProviderServer:
         """Bind and start the listeners (arguments override the configuration; "" disables one)."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._cut = asyncio.Event()
         legacy = self.config.legacy_listen if legacy_listen is None else legacy_listen
         http = self.config.http_listen if http_listen is None else http_listen
         https = self.config.https_listen if https_listen is None else https_listen
@@ -138,61 +130,42 @@ class ProviderServer:
             socks += [http_sock] if http_sock is not None else []
             https_sock = bind(https, "server.https_listen") if https else None
             socks += [https_sock] if https_sock is not None else []
-            tls = None
             if https_sock is not None:
-                tls = RaTlsContext()
-                tls.load(self.provider.attested.current(self.provider.now()))
-                self.provider.attested.on_change(tls.on_attestation)
+                # The RA-TLS certificate of the current attestation; every renewal brings a new one.
+                self.tls = RaTlsContext()
+                self.tls.load(self.provider.attested.current(self.provider.now()))
+                self.provider.attested.on_change(self._on_attestation)
         except (ConfigError, PlatformError):
             for sock in socks:
                 sock.close()
             raise
         if legacy_sock is not None:
             await self.legacy.start(legacy_sock)
+            self.listeners.append(self.legacy)
             self.legacy_address = legacy_sock.getsockname()[:2]
             log.info("listening on %s (legacy protocol)", _url("tcp", legacy_sock))
         if http_sock is not None:
-            uv_config = uvicorn.Config(
-                self.app,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                proxy_headers=False,
-                lifespan="off",
-                ws="none",
-                timeout_keep_alive=KEEP_ALIVE,
-                timeout_graceful_shutdown=int(self._grace) or 1,
-                http=budgeted_protocol(self.service),
-                h11_max_incomplete_event_size=MAX_HTTP_HEAD,
-            )
-            self._uvicorn = _EmbeddedUvicorn(uv_config)
+            await self.http.start(http_sock)
+            self.listeners.append(self.http)
             self.http_address = http_sock.getsockname()[:2]
-            self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[http_sock]))
             log.info("listening on %s (HTTP API v1)", _url("http", http_sock))
-        if https_sock is not None and tls is not None:
-            # TLS is terminated by our protocol (handshake deadline, connection budget), not by uvicorn.
-            self._https_uvicorn = _EmbeddedUvicorn(
-                self._uvicorn_config(ratls_protocol(budgeted_protocol(self.service), self.service, tls))
-            )
+        if https_sock is not None and self.tls is not None and self.tls.context is not None:
+            # TLS after admission, the handshake under the I/O deadline (the listener's own rules).
+            await self.https.start(https_sock, tls=self.tls.context)
+            self.listeners.append(self.https)
             self.https_address = https_sock.getsockname()[:2]
-            self._https_task = asyncio.create_task(self._https_uvicorn.serve(sockets=[https_sock]))
             log.info("listening on %s (HTTP API v1 over RA-TLS)", _url("https", https_sock))
+        self._summaries = asyncio.create_task(self._summarise_refusals())
         self._maintenance_task = asyncio.create_task(self._maintain())
 
-    def _uvicorn_config(self, http: type[asyncio.Protocol]) -> uvicorn.Config:
-        return uvicorn.Config(
-            self.app,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            proxy_headers=False,
-            lifespan="off",
-            ws="none",
-            timeout_keep_alive=KEEP_ALIVE,
-            timeout_graceful_shutdown=int(self._grace) or 1,
-            http=http,
-            h11_max_incomplete_event_size=MAX_HTTP_HEAD,
-        )
+    def _on_attestation(self, attestation: Attestation) -> None:
+        """A new attestation (worker thread): new connections get its RA-TLS certificate."""
+        tls = self.tls
+        if tls is None:
+            return
+        tls.on_attestation(attestation)
+        if tls.context is not None:
+            self.https.set_tls(tls.context)
 
     async def _maintain(self) -> None:
         """Renew the attestation when due (off the request path, in a worker thread); a renewal that
@@ -210,29 +183,34 @@ class ProviderServer:
             except Exception:
                 log.exception("attestation maintenance failed")
 
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_INTERVAL)
+            self.service.refusals.flush()
+
     def request_stop(self, exit_code: int = 0, *, grace: float | None = None) -> None:
         """Ask the server to stop (from the loop's thread); idempotent, a second call stops at once."""
-        if self._stop is None:
+        if self._stop is None or self._cut is None:
             return
         if self._stop.is_set():
             self._grace = 0.0
-            for server in (self._uvicorn, self._https_uvicorn):
-                if server is not None:
-                    server.force_exit = True
+            self._cut.set()
         else:
             if grace is not None:
                 self._grace = grace
+                if grace <= 0:
+                    self._cut.set()
             self._stop.set()
         self.exit_code = max(self.exit_code, exit_code)
 
     def request_stop_threadsafe(self, exit_code: int = 0) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.request_stop, exit_code)
+            with contextlib.suppress(RuntimeError):  # the loop is already closed: stopped already
+                self._loop.call_soon_threadsafe(self.request_stop, exit_code)
 
     def _on_fatal(self, error: RestartRequired) -> None:
         del error  # already logged by the service
         self.request_stop(1, grace=0.0)
-        self.request_stop(1)  # second call: no grace, uvicorn force-exits
 
     async def wait_stopped(self) -> int:
         """Wait for a stop request, shut down, and return the exit status."""
@@ -242,28 +220,35 @@ class ProviderServer:
         return self.exit_code
 
     async def shutdown(self) -> None:
-        grace = self._grace
-        log.info("shutting down grace_seconds=%s", grace)
-        self.legacy.stop_accepting()
+        assert self._cut is not None
+        log.info("shutting down grace_seconds=%s", self._grace)
+        for listener in self.listeners:
+            listener.stop_accepting()
+        finishing = asyncio.create_task(self._finish_all())
+        cut = asyncio.create_task(self._cut.wait())
+        await asyncio.wait({finishing, cut}, return_when=asyncio.FIRST_COMPLETED)
+        if not finishing.done():
+            log.info("second stop request: closing every connection now")
+            for listener in self.listeners:
+                listener.abort()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await finishing
+        cut.cancel()
+        if self._summaries is not None:
+            self._summaries.cancel()
         if self._maintenance_task is not None:
             self._maintenance_task.cancel()
-        for server in (self._uvicorn, self._https_uvicorn):
-            if server is not None:
-                server.should_exit = True
-                if grace <= 0:
-                    server.force_exit = True
-        await self.legacy.finish(grace)
-        for task in (self._uvicorn_task, self._https_task):
-            if task is None:
-                continue
-            try:
-                async with asyncio.timeout(grace + 2.0):
-                    await task
-            except TimeoutError:
-                task.cancel()
-                log.warning("HTTP server did not stop in time; cancelled")
-        self.service.close()
+        busy = self.service.close()
+        if busy:
+            # Worker threads cannot be interrupted (a platform call, a PCCS read); the caller that owns
+            # the process should exit without joining them (``serve`` does).
+            self.abandoned = True
+            log.warning("stopped with %d worker(s) still busy; not waiting for them", busy)
         log.info("stopped exit_code=%s", self.exit_code)
+
+    async def _finish_all(self) -> None:
+        await asyncio.gather(*(listener.finish(self._grace) for listener in self.listeners))
 
     async def serve(self, *, install_signals: bool = True, on_ready: Callable[[], None] | None = None) -> int:
         """Start, run until SIGTERM/SIGINT (or a fatal error), shut down; return the exit status."""
@@ -289,7 +274,7 @@ class ProviderServer:
 class ServerThread:
     """A :class:`ProviderServer` on its own event loop in a background thread (tests, demos, benches).
 
-    ``start()`` returns once the listeners accept connections; ``stop()`` shuts down gracefully and
+    ``start()`` returns once both listeners accept connections; ``stop()`` shuts down gracefully and
     returns the exit status.
     """
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from ..anchor import load_verifier
 from ..collateral import CollateralSource, build_source
 from ..config import Config
 from ..dcap import Verifier
@@ -39,22 +39,22 @@ def build_collateral(config: Config, *, clock: Clock = time.time) -> CollateralS
         ca_bundle=c.pccs_ca_bundle,
         cache_max_entries=c.cache_max_entries,
         cache_max_age=c.cache_max_age,
+        failure_backoff=c.failure_backoff,
     )
 
 
 def build_verifier(config: Config) -> Verifier:
     """A verifier chained to the pinned Intel root, or to the PEM file ``collateral.trust_anchor``."""
     path = config.collateral.trust_anchor
-    if path is None:
-        return Verifier()
     try:
-        pem = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"collateral.trust_anchor: cannot read {path}: {e.strerror}") from None
-    log.warning(
-        "trust anchor is %s, not the pinned Intel SGX Root CA: quotes chained to it are trusted", path
-    )
-    return Verifier(trust_anchor=pem)
+        verifier = load_verifier(path)
+    except ConfigError as e:
+        raise ConfigError(f"collateral.trust_anchor: {e.message}") from None
+    if path is not None:
+        log.warning(
+            "trust anchor is %s, not the pinned Intel SGX Root CA: quotes chained to it are trusted", path
+        )
+    return verifier
 
 
 def build_provider(

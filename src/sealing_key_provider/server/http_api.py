@@ -9,7 +9,12 @@ fields and wrong types are refused), not pydantic's, so the server and the TD-si
 definition of the wire format; the pydantic models below only document it in ``/openapi.json``.
 
 The client address used for rate limiting is the TCP peer; proxy headers are ignored on purpose, so
-a client cannot choose its own rate-limit bucket with ``X-Forwarded-For``.
+a client cannot choose its own rate-limit bucket with ``X-Forwarded-For``. A request over its
+address's rate waits for its token up to the request deadline (``server.request_deadline``), which
+also bounds its wait for a worker slot and its processing.
+
+``/readyz`` answers within :data:`READINESS_WAIT` seconds whatever the platform or the PCCS do: the
+checks run in the background, one at a time, and a probe that cannot wait for them gets ``NOT_READY``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -26,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..dcap.abi import MAX_QUOTE_SIZE
@@ -33,7 +37,9 @@ from ..errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
+    NotReady,
     ProviderError,
+    RateLimited,
     RequestTimeout,
     RequestTooLarge,
     UnsupportedMediaType,
@@ -41,8 +47,10 @@ from ..errors import (
 from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION
 from ..provider import KeyRequest
 from ..wire import KeyRequestV1, KeyResponseV1, b64encode, error_body
+from .http_server import AsgiApp, Message, Receive, Scope, Send
 from .metrics import CONTENT_TYPE
 from .service import KeyService
+from .status import RETRY_STATUSES, http_status
 
 log = logging.getLogger("sealing_key_provider.server.http")
 access_log = logging.getLogger("sealing_key_provider.server.http.access")
@@ -50,13 +58,11 @@ access_log = logging.getLogger("sealing_key_provider.server.http.access")
 PROTOCOL: Final = "http"
 #: Seconds a readiness result is reused, so frequent probes do not generate a quote each time.
 READINESS_TTL: Final = 5.0
+#: Seconds a readiness probe waits for checks still running: it then gets NOT_READY while the checks
+#: go on, so a probe is answered within about a second (Kubernetes' default probe timeout) whatever
+#: the platform or the PCCS do.
+READINESS_WAIT: Final = 1.0
 NO_STORE: Final = {"Cache-Control": "no-store"}
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # --- documentation models (OpenAPI only; parsing is wire.KeyRequestV1's) ------------------------------
@@ -142,11 +148,13 @@ def _responses(ok: dict[str, Any], *statuses: int) -> dict[int | str, dict[str, 
 # --- error mapping -------------------------------------------------------------------------------------
 
 
-def error_response(error: ProviderError) -> JSONResponse:
+def error_response(error: ProviderError, status: int | None = None) -> JSONResponse:
+    """The JSON error answer for ``error``, with the status of its code (:mod:`.status`)."""
+    status = http_status(error) if status is None else status
     headers = dict(NO_STORE)
-    if error.http_status in (429, 503):
+    if status in RETRY_STATUSES:
         headers["Retry-After"] = "1"
-    return JSONResponse(error_body(error.code, error.message), status_code=error.http_status, headers=headers)
+    return JSONResponse(error_body(error.code, error.message), status_code=status, headers=headers)
 
 
 _HTTP_CODES: Final = {404: NotFound, 405: MethodNotAllowed}
@@ -161,11 +169,11 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     cls = _HTTP_CODES.get(exc.status_code)
     if cls is not None:
-        error: ProviderError = cls(str(exc.detail))
+        response = error_response(cls(str(exc.detail)))
     else:
-        error = ProviderError(str(exc.detail), code=f"HTTP_{exc.status_code}")
-        error.http_status = exc.status_code
-    response = error_response(error)
+        response = error_response(
+            ProviderError(str(exc.detail), code=f"HTTP_{exc.status_code}"), status=exc.status_code
+        )
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
@@ -207,6 +215,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:
+        raise BadRequest(f"connection closed after {size} bytes of the request body") from None
     return b"".join(chunks)
 
 
@@ -216,13 +226,39 @@ def _check_json(request: Request) -> None:
         raise UnsupportedMediaType(f"send the key request as application/json, not {ctype.split(';', 1)[0]}")
 
 
-@dataclass(slots=True)
-class _Readiness:
-    """The last readiness result and when it was taken (monotonic seconds)."""
+class Readiness:
+    """The readiness checks behind ``/readyz``: run in the background one at a time, reused for
+    ``ttl`` seconds, and never waited for longer than ``wait`` seconds by a probe."""
 
-    at: float
-    checks: dict[str, str] | None
-    error: ProviderError | None
+    def __init__(self, service: KeyService, ttl: float, wait: float = READINESS_WAIT) -> None:
+        self.service = service
+        self.ttl = ttl
+        self.wait = wait
+        self._at = float("-inf")
+        self._checks: dict[str, str] | None = None
+        self._error: ProviderError | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _check(self) -> None:
+        try:
+            self._checks, self._error = await self.service.readiness(), None
+        except ProviderError as e:
+            self._checks, self._error = None, e
+            log.warning("not ready code=%s reason=%s", e.code, e.message)
+        self._at = time.monotonic()
+
+    async def result(self) -> tuple[dict[str, str] | None, ProviderError | None]:
+        """(checks, None) when ready, (None, error) when not."""
+        if time.monotonic() - self._at >= self.ttl and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._check())
+        task = self._task
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=self.wait)
+            if not done:
+                return None, NotReady(
+                    f"readiness checks (own quote, collateral) still running after {self.wait:g} s"
+                )
+        return self._checks, self._error
 
 
 class AccessLog:
@@ -282,9 +318,6 @@ SGX quote. Errors are `{"error": {"code", "message"}}` with stable codes.
 
 def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> FastAPI:
     """The v1 HTTP application over ``service`` (which also serves the legacy protocol)."""
-    provider = service.provider
-    limit = service.config.max_request_bytes
-    io_timeout = service.config.io_timeout
     app = FastAPI(
         title="Gramine sealing key provider",
         version=__version__,
@@ -302,8 +335,47 @@ def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> 
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(AccessLog)
-    ready_lock = asyncio.Lock()
-    ready_state = _Readiness(at=float("-inf"), checks=None, error=None)
+    _key_routes(app, service)
+    _provider_routes(app, service)
+    _operations_routes(app, service, Readiness(service, readiness_ttl))
+    return app
+
+
+async def _admit(service: KeyService, request: Request, deadline: float) -> str:
+    """The client's address, once its rate-limit token came (waiting up to ``deadline``)."""
+    peer = client_address(request)
+    try:
+        await service.admit(peer, deadline)
+    except RateLimited as e:
+        service.refused_cheaply(PROTOCOL, e, peer)
+        raise
+    return peer
+
+
+async def _parse_key_request(service: KeyService, request: Request, peer: str) -> KeyRequest:
+    started = time.perf_counter()
+    try:
+        _check_json(request)
+        body = await read_body(request, service.config.max_request_bytes, service.config.io_timeout)
+        parsed = KeyRequestV1.from_json(body, MAX_QUOTE_SIZE)
+    except ProviderError as e:
+        service.refused(PROTOCOL, e, peer, started)
+        raise
+    return KeyRequest(
+        quote=parsed.quote,
+        evidence=parsed.evidence,
+        # The listener's own scheme (TLS or not), never a header: a client cannot claim the channel.
+        attested_channel=request.url.scheme == "https",
+        scheme=parsed.scheme,
+        key_name=DEFAULT_KEY_NAME if parsed.key_name is None else parsed.key_name,
+        key_version=DEFAULT_KEY_VERSION if parsed.key_version is None else parsed.key_version,
+        nonce=parsed.nonce,
+        peer=peer,
+    )
+
+
+def _key_routes(app: FastAPI, service: KeyService) -> None:
+    provider = service.provider
 
     @app.post(
         "/v1/keys",
@@ -326,28 +398,10 @@ def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> 
         },
     )
     async def post_key(request: Request) -> Response:
-        peer = client_address(request)
-        started = time.perf_counter()
-        try:
-            service.admit(peer)
-            _check_json(request)
-            body = await read_body(request, limit, io_timeout)
-            parsed = KeyRequestV1.from_json(body, MAX_QUOTE_SIZE)
-        except ProviderError as e:
-            service.refused(PROTOCOL, e, peer, started)
-            raise
-        key_request = KeyRequest(
-            quote=parsed.quote,
-            evidence=parsed.evidence,
-            # Set by uvicorn from the transport (TLS or not), never from a header: proxy headers are off.
-            attested_channel=request.url.scheme == "https",
-            scheme=parsed.scheme,
-            key_name=DEFAULT_KEY_NAME if parsed.key_name is None else parsed.key_name,
-            key_version=DEFAULT_KEY_VERSION if parsed.key_version is None else parsed.key_version,
-            nonce=parsed.nonce,
-            peer=peer,
-        )
-        response = await service.request_key(key_request, PROTOCOL)
+        deadline = service.deadline()
+        peer = await _admit(service, request, deadline)
+        key_request = await _parse_key_request(service, request, peer)
+        response = await service.request_key(key_request, PROTOCOL, deadline)
         body_out = KeyResponseV1(
             encrypted_key=response.encrypted_key,
             provider_quote=response.provider_quote,
@@ -365,6 +419,10 @@ def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> 
             attestation_id=response.attestation_id,
         ).to_json()
         return JSONResponse(body_out, headers=NO_STORE)
+
+
+def _provider_routes(app: FastAPI, service: KeyService) -> None:
+    provider = service.provider
 
     @app.get(
         "/v1/info",
@@ -405,15 +463,12 @@ def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> 
         responses=_responses({"model": NonceDoc, "description": "A fresh token."}, 429),
     )
     async def get_nonce(request: Request) -> Response:
-        peer = client_address(request)
-        try:
-            service.admit(peer)
-        except ProviderError as e:
-            service.refused(PROTOCOL, e, peer)
-            raise
+        await _admit(service, request, service.deadline())
         nonce, expires_at = provider.issue_nonce()
         return JSONResponse({"nonce": b64encode(nonce), "expires_at": expires_at}, headers=NO_STORE)
 
+
+def _operations_routes(app: FastAPI, service: KeyService, readiness: Readiness) -> None:
     @app.get(
         "/healthz",
         tags=["operations"],
@@ -431,22 +486,14 @@ def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> 
         summary="Readiness",
         description=(
             f"Whether a key request can succeed now: the provider's own quote and the collateral source "
-            f"work. The result is reused for {readiness_ttl:g} s."
+            f"work. The result is reused for {readiness.ttl:g} s; a probe waits at most "
+            f"{readiness.wait:g} s (NOT_READY while the checks are still running)."
         ),
         response_model=None,
         responses=_responses({"model": ReadyDoc, "description": "Ready."}, 503),
     )
     async def readyz() -> Response:
-        async with ready_lock:
-            now = time.monotonic()
-            if now - ready_state.at >= readiness_ttl:
-                try:
-                    ready_state.checks, ready_state.error = await service.readiness(), None
-                except ProviderError as e:
-                    ready_state.checks, ready_state.error = None, e
-                    log.warning("not ready code=%s reason=%s", e.code, e.message)
-                ready_state.at = time.monotonic()
-            checks, error = ready_state.checks, ready_state.error
+        checks, error = await readiness.result()
         if error is not None:
             return JSONResponse(error_body(error.code, error.message), status_code=503, headers=NO_STORE)
         return JSONResponse({"status": "ready", "checks": checks}, headers=NO_STORE)
@@ -461,5 +508,3 @@ def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> 
     )
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
-
-    return app

@@ -1,10 +1,14 @@
 """Logging for ``serve``: human lines for a terminal, or JSON lines for a log collector.
 
-One handler on the root logger receives everything (ours, uvicorn's, libraries'), so there is one
-format and one place that decides what is written. uvicorn's own logging configuration is switched
-off (``log_config=None``) and its access log is not used: the HTTP layer writes its own access line
+One handler on the root logger receives everything (ours and libraries'), so there is one
+format and one place that decides what is written. The HTTP layer writes its own access line
 at DEBUG (method, path, status, time; no query string, headers or bodies), so probes do not flood the
 log at INFO and nothing a client sent is echoed.
+
+Every line is bounded, whoever wrote it: each argument of a log call longer than
+:data:`MAX_FIELD` characters is cut, with its full length noted (``…[500000 chars]``), and so is a
+message with no arguments. Client-supplied fields (a key name, a path, a reason quoting input) thus
+cost at most a few hundred bytes of log, however large the request was.
 
 JSON lines carry ``time``, ``level``, ``logger``, ``message``; when a message is written in the
 ``key=%s`` style (the audit lines of :mod:`sealing_key_provider.provider`, and this package's lines),
@@ -24,12 +28,12 @@ from typing import Final, TextIO
 from ..config import LoggingConfig
 
 HUMAN_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Longest argument (and argument-less message) written in full, in characters.
+MAX_FIELD: Final = 256
 #: ``key=%s`` / ``key=%r`` / ``key=%d`` fields of a message template.
 _FIELD_RE: Final = re.compile(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=%[srd]")
 _PLACEHOLDER_RE: Final = re.compile(r"%[srdif]")
 _RESERVED: Final = frozenset({"time", "level", "logger", "message", "exc", "event"})
-#: Loggers of the HTTP server library: its start-up chatter is replaced by our "listening on" lines.
-_UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
 def structured_fields(record: logging.LogRecord) -> dict[str, object]:
@@ -72,8 +76,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+def truncate(value: str, limit: int = MAX_FIELD) -> str:
+    """``value`` if short enough, else its head and its length: ``abc…[500000 chars]``."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…[{len(value)} chars]"
+
+
+class BoundedFields(logging.Filter):
+    """Cut every long argument of a record (and a long argument-less message), noting the length."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(_bounded(a) for a in args)
+        elif isinstance(args, dict) and args:
+            record.args = {k: _bounded(v) for k, v in args.items()}
+        elif not args and isinstance(record.msg, str) and len(record.msg) > 4 * MAX_FIELD:
+            record.msg = truncate(record.msg, 4 * MAX_FIELD)
+        return True
+
+
+def _bounded(value: object) -> object:
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return truncate(text)
+
+
 def make_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(BoundedFields())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -84,7 +117,7 @@ def make_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
 
 
 def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> logging.Handler:
-    """Install one handler on the root logger for ``config`` and tame uvicorn's loggers.
+    """Install one handler on the root logger for ``config``.
 
     Returns the handler (tests attach their own streams through ``stream``).
     """
@@ -95,12 +128,5 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> lo
     handler = make_handler(config.format, stream)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in _UVICORN_LOGGERS:
-        lib = logging.getLogger(name)
-        for old in list(lib.handlers):
-            lib.removeHandler(old)
-        lib.propagate = True
-        # Start-up/shutdown chatter only at DEBUG; real problems (warnings, errors) always show.
-        lib.setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
     logging.captureWarnings(True)
     return handler

@@ -49,7 +49,13 @@ class _CacheCollector(Collector):
         errors.add_metric([], s.errors)
         entries = GaugeMetricFamily("skp_collateral_cache_entries", "Collateral sets held in the cache.")
         entries.add_metric([], s.entries)
-        yield from (hits, misses, errors, entries)
+        stale = CounterMetricFamily(
+            "skp_collateral_stale_served",
+            "Lookups answered with cached collateral past cache_max_age (its refresh failed) that is "
+            "still valid: every document before its nextUpdate.",
+        )
+        stale.add_metric([], s.stale)
+        yield from (hits, misses, errors, entries, stale)
 
 
 class _QuoteCollector(Collector):

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..dcap.collateral import Collateral
+from ..dcap.tcb import TcbStatus
 from . import pki
 from .quote import sign_raw
 from .state import PlatformState
@@ -34,14 +35,14 @@ QE_ATTRIBUTES = "11000000000000000000000000000000"
 QE_ATTRIBUTES_MASK = "FBFFFFFFFFFFFFFF0000000000000000"
 SEAM_MRSIGNER = bytes(48)
 
-_ADVISORIES: dict[str, tuple[str, ...]] = {
-    "UpToDate": (),
-    "SWHardeningNeeded": ("INTEL-SA-00615",),
-    "ConfigurationNeeded": ("INTEL-SA-00289",),
-    "ConfigurationAndSWHardeningNeeded": ("INTEL-SA-00289", "INTEL-SA-00615"),
-    "OutOfDate": ("INTEL-SA-00828", "INTEL-SA-00615"),
-    "OutOfDateConfigurationNeeded": ("INTEL-SA-00289", "INTEL-SA-00828"),
-    "Revoked": ("INTEL-SA-00220", "INTEL-SA-00233"),
+_ADVISORIES: dict[TcbStatus, tuple[str, ...]] = {
+    TcbStatus.UP_TO_DATE: (),
+    TcbStatus.SW_HARDENING_NEEDED: ("INTEL-SA-00615",),
+    TcbStatus.CONFIGURATION_NEEDED: ("INTEL-SA-00289",),
+    TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED: ("INTEL-SA-00289", "INTEL-SA-00615"),
+    TcbStatus.OUT_OF_DATE: ("INTEL-SA-00828", "INTEL-SA-00615"),
+    TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED: ("INTEL-SA-00289", "INTEL-SA-00828"),
+    TcbStatus.REVOKED: ("INTEL-SA-00220", "INTEL-SA-00233"),
 }
 #: Advisories on the older platform levels below the platform (never matched, there for realism).
 _OLD_ADVISORIES = ("INTEL-SA-00106", "INTEL-SA-00115", "INTEL-SA-00828")
@@ -84,29 +85,31 @@ class Expected:
     as a set) and ``code`` (verification fails with this ``ProviderError.code``) is set.
     """
 
-    status: str | None = None
+    status: TcbStatus | None = None
     advisory_ids: frozenset[str] = frozenset()
     code: str | None = None
 
 
-def _status(status: str) -> Expected:
+def _status(status: TcbStatus) -> Expected:
     return Expected(status=status, advisory_ids=frozenset(_ADVISORIES[status]))
 
 
-_PLATFORM_STATUS: dict[Scenario, str] = {
-    Scenario.UP_TO_DATE: "UpToDate",
-    Scenario.SW_HARDENING_NEEDED: "SWHardeningNeeded",
-    Scenario.CONFIGURATION_NEEDED: "ConfigurationNeeded",
-    Scenario.CONFIGURATION_AND_SW_HARDENING_NEEDED: "ConfigurationAndSWHardeningNeeded",
-    Scenario.OUT_OF_DATE: "OutOfDate",
-    Scenario.OUT_OF_DATE_CONFIGURATION_NEEDED: "OutOfDateConfigurationNeeded",
-    Scenario.REVOKED_TCB: "Revoked",
+_PLATFORM_STATUS: dict[Scenario, TcbStatus] = {
+    Scenario.UP_TO_DATE: TcbStatus.UP_TO_DATE,
+    Scenario.SW_HARDENING_NEEDED: TcbStatus.SW_HARDENING_NEEDED,
+    Scenario.CONFIGURATION_NEEDED: TcbStatus.CONFIGURATION_NEEDED,
+    Scenario.CONFIGURATION_AND_SW_HARDENING_NEEDED: TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
+    Scenario.OUT_OF_DATE: TcbStatus.OUT_OF_DATE,
+    Scenario.OUT_OF_DATE_CONFIGURATION_NEEDED: TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED,
+    Scenario.REVOKED_TCB: TcbStatus.REVOKED,
 }
 
 EXPECTED: dict[Scenario, Expected] = {
     **{s: _status(st) for s, st in _PLATFORM_STATUS.items()},
-    Scenario.QE_OUT_OF_DATE: Expected("OutOfDate", frozenset(QE_OUT_OF_DATE_ADVISORIES)),
-    Scenario.TDX_MODULE_OUT_OF_DATE: Expected("OutOfDate", frozenset(MODULE_OUT_OF_DATE_ADVISORIES)),
+    Scenario.QE_OUT_OF_DATE: Expected(TcbStatus.OUT_OF_DATE, frozenset(QE_OUT_OF_DATE_ADVISORIES)),
+    Scenario.TDX_MODULE_OUT_OF_DATE: Expected(
+        TcbStatus.OUT_OF_DATE, frozenset(MODULE_OUT_OF_DATE_ADVISORIES)
+    ),
     Scenario.REVOKED_PCK: Expected(code="PCK_REVOKED"),
     Scenario.EXPIRED: Expected(code="COLLATERAL_EXPIRED"),
     Scenario.NOT_YET_VALID: Expected(code="COLLATERAL_NOT_YET_VALID"),
@@ -152,7 +155,7 @@ class _Level:
     pcesvn: int
     tdx: tuple[int, ...]
     date: str
-    status: str
+    status: TcbStatus
     advisories: tuple[str, ...]
 
 
@@ -173,13 +176,15 @@ def _platform_levels(state: PlatformState, scenario: Scenario, tdx_info: bool) -
     # and Intel's levels carry the minor in byte 0 and 0 in byte 1; do the same.
     tdx = (state.tee_tcb_svn[0], 0, *state.tee_tcb_svn[2:])
     newer_sgx = _bump(sgx, 1, +1)
-    newer = _Level(newer_sgx, min(pce + 1, 0xFFFF), _bump(tdx, 2, +1), "2025-11-12T00:00:00Z", "UpToDate", ())
+    newer = _Level(
+        newer_sgx, min(pce + 1, 0xFFFF), _bump(tdx, 2, +1), "2025-11-12T00:00:00Z", TcbStatus.UP_TO_DATE, ()
+    )
     older = _Level(
         _bump(_bump(sgx, 0, -1), 1, -1),
         pce // 2,
         _bump(tdx, 2, -1),
         "2018-01-04T00:00:00Z",
-        "OutOfDate",
+        TcbStatus.OUT_OF_DATE,
         _OLD_ADVISORIES,
     )
     if scenario is Scenario.TCB_LEVEL_NOT_FOUND:
@@ -190,21 +195,26 @@ def _platform_levels(state: PlatformState, scenario: Scenario, tdx_info: bool) -
                 pce,
                 tdx,
                 "2024-11-13T00:00:00Z",
-                "SWHardeningNeeded",
-                _ADVISORIES["SWHardeningNeeded"],
+                TcbStatus.SW_HARDENING_NEEDED,
+                _ADVISORIES[TcbStatus.SW_HARDENING_NEEDED],
             ),
         ]
         # The platform's SGX SVNs meet this one but its TDX SVNs do not: for TDX there is still no level.
         if tdx_info and state.tee_tcb_svn[2] < 255:
             levels.append(
                 _Level(
-                    sgx, pce, _bump(tdx, 2, +1), "2024-08-14T00:00:00Z", "OutOfDate", _ADVISORIES["OutOfDate"]
+                    sgx,
+                    pce,
+                    _bump(tdx, 2, +1),
+                    "2024-08-14T00:00:00Z",
+                    TcbStatus.OUT_OF_DATE,
+                    _ADVISORIES[TcbStatus.OUT_OF_DATE],
                 )
             )
         return levels
-    status = _PLATFORM_STATUS.get(scenario, "UpToDate")
+    status = _PLATFORM_STATUS.get(scenario, TcbStatus.UP_TO_DATE)
     own = _Level(sgx, pce, tdx, "2025-05-14T00:00:00Z", status, _ADVISORIES[status])
-    return ([] if status == "UpToDate" else [newer]) + [own, older]
+    return ([] if status is TcbStatus.UP_TO_DATE else [newer]) + [own, older]
 
 
 def _levels_json(levels: list[_Level], tdx: bool) -> list[Any]:
@@ -228,27 +238,39 @@ def _module_identity(state: PlatformState, major: int, scenario: Scenario) -> di
     if major == state.tee_tcb_svn[1]:
         if scenario is Scenario.TDX_MODULE_OUT_OF_DATE:
             levels = [
-                {"tcb": {"isvsvn": minor + 1}, "tcbDate": "2025-11-12T00:00:00Z", "tcbStatus": "UpToDate"},
+                {
+                    "tcb": {"isvsvn": minor + 1},
+                    "tcbDate": "2025-11-12T00:00:00Z",
+                    "tcbStatus": TcbStatus.UP_TO_DATE,
+                },
                 {
                     "tcb": {"isvsvn": minor},
                     "tcbDate": "2025-05-14T00:00:00Z",
-                    "tcbStatus": "OutOfDate",
+                    "tcbStatus": TcbStatus.OUT_OF_DATE,
                     "advisoryIDs": list(MODULE_OUT_OF_DATE_ADVISORIES),
                 },
             ]
         else:
-            levels = [{"tcb": {"isvsvn": minor}, "tcbDate": "2025-05-14T00:00:00Z", "tcbStatus": "UpToDate"}]
+            levels = [
+                {
+                    "tcb": {"isvsvn": minor},
+                    "tcbDate": "2025-05-14T00:00:00Z",
+                    "tcbStatus": TcbStatus.UP_TO_DATE,
+                }
+            ]
             if minor >= 2:
                 levels.append(
                     {
                         "tcb": {"isvsvn": minor - 2},
                         "tcbDate": "2023-08-09T00:00:00Z",
-                        "tcbStatus": "OutOfDate",
+                        "tcbStatus": TcbStatus.OUT_OF_DATE,
                         "advisoryIDs": list(MODULE_OUT_OF_DATE_ADVISORIES),
                     }
                 )
     else:
-        levels = [{"tcb": {"isvsvn": 3}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": "UpToDate"}]
+        levels = [
+            {"tcb": {"isvsvn": 3}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": TcbStatus.UP_TO_DATE}
+        ]
     return {
         "id": f"TDX_{major:02X}",
         "mrsigner": SEAM_MRSIGNER.hex().upper(),
@@ -296,22 +318,28 @@ def qe_identity_json(
     isvsvn = state.td_qe_isvsvn if tee == "tdx" else state.sgx_qe_isvsvn
     if scenario is Scenario.QE_OUT_OF_DATE:
         levels: list[dict[str, Any]] = [
-            {"tcb": {"isvsvn": isvsvn + 1}, "tcbDate": "2025-11-12T00:00:00Z", "tcbStatus": "UpToDate"},
+            {
+                "tcb": {"isvsvn": isvsvn + 1},
+                "tcbDate": "2025-11-12T00:00:00Z",
+                "tcbStatus": TcbStatus.UP_TO_DATE,
+            },
             {
                 "tcb": {"isvsvn": isvsvn},
                 "tcbDate": "2025-05-14T00:00:00Z",
-                "tcbStatus": "OutOfDate",
+                "tcbStatus": TcbStatus.OUT_OF_DATE,
                 "advisoryIDs": list(QE_OUT_OF_DATE_ADVISORIES),
             },
         ]
     else:
-        levels = [{"tcb": {"isvsvn": isvsvn}, "tcbDate": "2025-05-14T00:00:00Z", "tcbStatus": "UpToDate"}]
+        levels = [
+            {"tcb": {"isvsvn": isvsvn}, "tcbDate": "2025-05-14T00:00:00Z", "tcbStatus": TcbStatus.UP_TO_DATE}
+        ]
         if isvsvn >= 2:
             levels.append(
                 {
                     "tcb": {"isvsvn": isvsvn - 2},
                     "tcbDate": "2021-11-10T00:00:00Z",
-                    "tcbStatus": "OutOfDate",
+                    "tcbStatus": TcbStatus.OUT_OF_DATE,
                     "advisoryIDs": list(QE_OUT_OF_DATE_ADVISORIES),
                 }
             )

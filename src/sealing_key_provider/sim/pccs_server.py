@@ -208,78 +208,92 @@ def route(path: str, query: str, entries: Sequence[ServedEntry]) -> _Reply:
         endpoint = path[len(prefix) :]
         mine = [e for e in entries if e.tee == tee]
         if endpoint == "/tcb":
-            params = _params(query, {"fmspc", "update", "tcbEvaluationDataNumber"})
-            if isinstance(params, _Reply):
-                return params
-            fmspc_hex = params.get("fmspc", "")
-            if len(fmspc_hex) != 12 or not all(c in "0123456789abcdefABCDEF" for c in fmspc_hex):
-                return _error(400, "fmspc must be 12 hex digits")
-            fmspc = bytes.fromhex(fmspc_hex)
-            match = next((e for e in mine if e.fmspc == fmspc), None)
-            if match is None:
-                return _error(404, "no TCB info for that FMSPC")
-            c = match.collateral
-            bad = _update_params(params, parse_tcb_info(c.tcb_info).tcb_evaluation_data_number)
-            if bad is not None:
-                return bad
-            body = (
-                b'{"tcbInfo":' + c.tcb_info + b',"signature":"' + c.tcb_info_signature.hex().encode() + b'"}'
-            )
-            headers = {"TCB-Info-Issuer-Chain": _chain_header(c.tcb_info_issuer_chain), **request_id}
-            return _Reply(200, body, "application/json", headers)
+            return _tcb_info(query, mine, request_id)
         if endpoint == "/qe/identity":
-            params = _params(query, {"update", "tcbEvaluationDataNumber"})
-            if isinstance(params, _Reply):
-                return params
-            if not mine:
-                return _error(404, f"no {tee} QE identity")
-            c = mine[0].collateral
-            if "tcbEvaluationDataNumber" in params or "update" in params:
-                bad = _update_params(params, _identity_evaluation_number(c))
-                if bad is not None:
-                    return bad
-            body = (
-                b'{"enclaveIdentity":'
-                + c.qe_identity
-                + b',"signature":"'
-                + c.qe_identity_signature.hex().encode()
-                + b'"}'
-            )
-            headers = {
-                "SGX-Enclave-Identity-Issuer-Chain": _chain_header(c.qe_identity_issuer_chain),
-                **request_id,
-            }
-            return _Reply(200, body, "application/json", headers)
+            return _qe_identity(query, tee, mine, request_id)
         if tee == "sgx" and endpoint == "/pckcrl":
-            params = _params(query, {"ca", "encoding"})
-            if isinstance(params, _Reply):
-                return params
-            ca = params.get("ca", "")
-            encoding = params.get("encoding", "pem")
-            if ca not in ("platform", "processor"):
-                return _error(400, "ca must be platform or processor")
-            if encoding not in ("pem", "der"):
-                return _error(400, "encoding must be pem or der")
-            match = next((e for e in entries if e.ca == ca), None)
-            if match is None:
-                return _error(404, f"no PCK CRL for the {ca} CA")
-            crl = _crl(match.collateral.pck_crl)
-            headers = {
-                "SGX-PCK-CRL-Issuer-Chain": _chain_header(match.collateral.pck_crl_issuer_chain),
-                **request_id,
-            }
-            if encoding == "der":
-                return _Reply(200, crl.public_bytes(Encoding.DER), "application/pkix-crl", headers)
-            return _Reply(200, crl.public_bytes(Encoding.PEM), "application/x-pem-file", headers)
+            return _pck_crl(query, entries, request_id)
         if tee == "sgx" and endpoint == "/rootcacrl":
-            params = _params(query, set())
-            if isinstance(params, _Reply):
-                return params
-            if not entries:
-                return _error(404, "no root CA CRL")
-            der = _crl(entries[0].collateral.root_ca_crl).public_bytes(Encoding.DER)
-            return _Reply(200, der.hex().encode(), "text/plain; charset=utf-8", request_id)
+            return _root_ca_crl(query, entries, request_id)
     return _error(404, "unknown path")
+
+
+def _tcb_info(query: str, mine: Sequence[ServedEntry], request_id: dict[str, str]) -> _Reply:
+    params = _params(query, {"fmspc", "update", "tcbEvaluationDataNumber"})
+    if isinstance(params, _Reply):
+        return params
+    fmspc_hex = params.get("fmspc", "")
+    if len(fmspc_hex) != 12 or not all(c in "0123456789abcdefABCDEF" for c in fmspc_hex):
+        return _error(400, "fmspc must be 12 hex digits")
+    fmspc = bytes.fromhex(fmspc_hex)
+    match = next((e for e in mine if e.fmspc == fmspc), None)
+    if match is None:
+        return _error(404, "no TCB info for that FMSPC")
+    c = match.collateral
+    bad = _update_params(params, parse_tcb_info(c.tcb_info).tcb_evaluation_data_number)
+    if bad is not None:
+        return bad
+    body = b'{"tcbInfo":' + c.tcb_info + b',"signature":"' + c.tcb_info_signature.hex().encode() + b'"}'
+    headers = {"TCB-Info-Issuer-Chain": _chain_header(c.tcb_info_issuer_chain), **request_id}
+    return _Reply(200, body, "application/json", headers)
+
+
+def _qe_identity(query: str, tee: str, mine: Sequence[ServedEntry], request_id: dict[str, str]) -> _Reply:
+    params = _params(query, {"update", "tcbEvaluationDataNumber"})
+    if isinstance(params, _Reply):
+        return params
+    if not mine:
+        return _error(404, f"no {tee} QE identity")
+    c = mine[0].collateral
+    if "tcbEvaluationDataNumber" in params or "update" in params:
+        bad = _update_params(params, _identity_evaluation_number(c))
+        if bad is not None:
+            return bad
+    body = (
+        b'{"enclaveIdentity":'
+        + c.qe_identity
+        + b',"signature":"'
+        + c.qe_identity_signature.hex().encode()
+        + b'"}'
+    )
+    headers = {
+        "SGX-Enclave-Identity-Issuer-Chain": _chain_header(c.qe_identity_issuer_chain),
+        **request_id,
+    }
+    return _Reply(200, body, "application/json", headers)
+
+
+def _pck_crl(query: str, entries: Sequence[ServedEntry], request_id: dict[str, str]) -> _Reply:
+    params = _params(query, {"ca", "encoding"})
+    if isinstance(params, _Reply):
+        return params
+    ca = params.get("ca", "")
+    encoding = params.get("encoding", "pem")
+    if ca not in ("platform", "processor"):
+        return _error(400, "ca must be platform or processor")
+    if encoding not in ("pem", "der"):
+        return _error(400, "encoding must be pem or der")
+    match = next((e for e in entries if e.ca == ca), None)
+    if match is None:
+        return _error(404, f"no PCK CRL for the {ca} CA")
+    crl = _crl(match.collateral.pck_crl)
+    headers = {
+        "SGX-PCK-CRL-Issuer-Chain": _chain_header(match.collateral.pck_crl_issuer_chain),
+        **request_id,
+    }
+    if encoding == "der":
+        return _Reply(200, crl.public_bytes(Encoding.DER), "application/pkix-crl", headers)
+    return _Reply(200, crl.public_bytes(Encoding.PEM), "application/x-pem-file", headers)
+
+
+def _root_ca_crl(query: str, entries: Sequence[ServedEntry], request_id: dict[str, str]) -> _Reply:
+    params = _params(query, set())
+    if isinstance(params, _Reply):
+        return params
+    if not entries:
+        return _error(404, "no root CA CRL")
+    der = _crl(entries[0].collateral.root_ca_crl).public_bytes(Encoding.DER)
+    return _Reply(200, der.hex().encode(), "text/plain; charset=utf-8", request_id)
 
 
 def _identity_evaluation_number(c: Collateral) -> int:

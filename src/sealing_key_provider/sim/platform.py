@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..dcap.abi import SGX_FLAG_DEBUG, TD_ATTR_DEBUG, TEE_TYPE_SGX, TEE_TYPE_TDX, BodyType
+from ..dcap.abi import SEAL_KEY_POLICIES, SGX_FLAG_DEBUG, TD_ATTR_DEBUG, TEE_TYPE_SGX, TEE_TYPE_TDX, BodyType
 from ..dcap.collateral import Collateral
 from ..dcap.pck import PckIdentity
 from . import collateral as sim_collateral
@@ -61,8 +61,6 @@ DEFAULT_XFAM = bytes.fromhex("e702060000000000")
 SEAL_FLAGS_MASK = 0xFFFFFFFFFFFFFFFF
 SEAL_XFRM_MASK = 0xFFFFFFFFFFF9FF1B
 SEAL_MISC_MASK = 0xFFFFFFFF
-
-SEAL_POLICIES = ("mrenclave", "mrsigner")
 
 
 def _check(value: bytes, size: int, what: str) -> bytes:
@@ -349,8 +347,8 @@ class SimPlatform:
         platform CPUSVN and the masked attributes and MISCSELECT (so a debug enclave gets another key),
         with KEYID 0 as Gramine uses. It is stable across restarts because all of that is.
         """
-        if policy not in SEAL_POLICIES:
-            raise ValueError(f"seal key policy must be one of {', '.join(SEAL_POLICIES)}")
+        if policy not in SEAL_KEY_POLICIES:
+            raise ValueError(f"seal key policy must be one of {', '.join(SEAL_KEY_POLICIES)}")
         s = self._state
         flags, xfrm = struct.unpack("<QQ", enclave.attributes)
         if policy == "mrenclave":

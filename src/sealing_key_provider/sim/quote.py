@@ -20,6 +20,7 @@ from ..dcap.abi import (
     CERT_TYPE_PCK_CERT_CHAIN,
     CERT_TYPE_QE_REPORT,
     INTEL_QE_VENDOR_ID,
+    REPORT_DATA_SIZE,
     SGX_REPORT_SIZE,
     TD10_REPORT_SIZE,
     TD15_REPORT_SIZE,
@@ -46,9 +47,9 @@ def _fixed(value: bytes, size: int, what: str) -> bytes:
 
 def report_data_bytes(value: bytes) -> bytes:
     """Report data is 64 bytes; shorter input is zero-padded as Gramine and the TDX guest do."""
-    if not isinstance(value, (bytes, bytearray)) or len(value) > 64:
-        raise ValueError("report data must be at most 64 bytes")
-    return bytes(value).ljust(64, b"\0")
+    if not isinstance(value, (bytes, bytearray)) or len(value) > REPORT_DATA_SIZE:
+        raise ValueError(f"report data must be at most {REPORT_DATA_SIZE} bytes")
+    return bytes(value).ljust(REPORT_DATA_SIZE, b"\0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ class EnclaveBody:
             + struct.pack("<HHH", self.isvprodid, self.isvsvn, self.configsvn)
             + bytes(42)
             + _fixed(self.isvfamilyid, 16, "ISVFAMILYID")
-            + _fixed(self.report_data, 64, "report data")
+            + _fixed(self.report_data, REPORT_DATA_SIZE, "report data")
         )
         assert len(out) == SGX_REPORT_SIZE
         return out
@@ -121,7 +122,7 @@ class TdBody:
             + _fixed(self.mrowner, 48, "MROWNER")
             + _fixed(self.mrownerconfig, 48, "MROWNERCONFIG")
             + b"".join(_fixed(r, 48, f"RTMR{i}") for i, r in enumerate(self.rtmrs))
-            + _fixed(self.report_data, 64, "report data")
+            + _fixed(self.report_data, REPORT_DATA_SIZE, "report data")
         )
         if (self.tee_tcb_svn2 is None) != (self.mrservicetd is None):
             raise ValueError("a TDX 1.5 body needs both TEE_TCB_SVN2 and MRSERVICETD")

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Final
 
+from ..dcap.abi import SEAL_KEY_POLICIES
 from ..errors import PlatformError
 from ..platform.base import DEV_MODE_ISVPRODID, PRODUCTION_ISVPRODID, SEALING_KEY_SIZE, check_report_data
 from .platform import SgxEnclaveIdentity, SimPlatform
-
-KEY_POLICIES: Final = ("mrenclave", "mrsigner")
 
 #: The simulated provider enclave's identity when the configuration names none. Development mode gets
 #: another MRENCLAVE (and so other keys), mirroring a dev build's different manifest measurement.
@@ -45,8 +44,8 @@ class SimSgxPlatform:
         *,
         quote_latency_ms: float = 0.0,
     ) -> None:
-        if key_policy not in KEY_POLICIES:
-            raise ValueError(f"key_policy must be one of {KEY_POLICIES}, got {key_policy!r}")
+        if key_policy not in SEAL_KEY_POLICIES:
+            raise ValueError(f"key_policy must be one of {SEAL_KEY_POLICIES}, got {key_policy!r}")
         self.platform = platform
         self.enclave = enclave
         self.key_policy = key_policy

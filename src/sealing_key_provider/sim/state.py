@@ -16,14 +16,11 @@ exactly as two real machines share Intel's CAs.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from ..atomicfile import create_exclusive, write_atomically
 from ..dcap.pck import PckIdentity, pck_identity
 from ..errors import ProviderError
 from . import pki
@@ -365,64 +363,6 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "sealing-key-provider" / "sim"
 
 
-def _write_temp(directory: Path, data: bytes, mode: int) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def create_exclusive(directory: Path, name: str, data: bytes, mode: int = 0o600) -> bool:
-    """Atomically create ``directory/name`` with ``data`` unless it exists; True if we created it."""
-    tmp = _write_temp(directory, data, mode)
-    target = directory / name
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        return False
-    except OSError as e:
-        # File systems without hard links: fall back to rename, which is still all-or-nothing but
-        # lets a concurrent creator win the race silently (both then load the survivor).
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        if target.exists():
-            return False
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(directory)
-    return True
-
-
-def replace_file(directory: Path, name: str, data: bytes, mode: int = 0o644) -> None:
-    """Atomically create or replace ``directory/name`` (write temp, fsync, rename)."""
-    tmp = _write_temp(directory, data, mode)
-    try:
-        os.replace(tmp, directory / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 def read_state(directory: Path) -> PlatformState:
     path = directory / STATE_FILE
     try:
@@ -448,7 +388,7 @@ def ensure_root_pem(directory: Path, state: PlatformState) -> Path:
     except OSError:
         current = b""
     if current != pem:
-        replace_file(directory, ROOT_CA_FILE, pem)
+        write_atomically(directory / ROOT_CA_FILE, pem)
     return path
 
 
@@ -471,7 +411,7 @@ def init_state(
             authority=authority,
             tdx_module_major=1 if tdx_module_major is None else tdx_module_major,
         )
-        create_exclusive(directory, STATE_FILE, to_json(fresh).encode("utf-8"))
+        create_exclusive(directory / STATE_FILE, to_json(fresh).encode("utf-8"))
     state = read_state(directory)
     if fmspc is not None and state.fmspc != fmspc:
         raise SimStateError(f"{directory} already holds a platform with FMSPC {state.fmspc.hex().upper()}")

@@ -158,8 +158,16 @@ def test_sdk_over_ratls_and_over_http_get_the_same_key(
         assert k1.provider_mrenclave == provider.identity.mrenclave
     with _client(provider, sim, _url(thread.server.http_address, "http"), td=td) as c:
         assert c.get_key() == k1.key
-        c.evidence = "quote"
+    before = provider.quote_stats.count
+    args = (
+        _trust(provider),
+        Verifier(trust_anchor=sim.root_certificate),
+        ClientSimSource(sim, int(time.time())),
+        td,
+    )
+    with KeyClient.http(_url(thread.server.http_address, "http"), *args, evidence="quote") as c:
         assert c.get_key() == k1.key
+    assert provider.quote_stats.count == before + 1  # the one per-request quote asked for
 
 
 def test_a_failing_certificate_ends_the_connection_before_any_request_byte(

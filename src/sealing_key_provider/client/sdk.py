@@ -184,8 +184,11 @@ class KeyClient:
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
         verify_tls: bool | str = True,
+        evidence: str | None = None,
     ) -> KeyClient:
-        """A client of the HTTP API v1 at ``url`` (``http://host:port`` or ``https://...``)."""
+        """A client of the HTTP API v1 at ``url`` (``http://host:port``, or ``https://...`` through an
+        ordinary TLS front; for the provider's own RA-TLS listener use :meth:`ratls`). ``evidence="quote"``
+        asks for a per-request quote instead of the attested key's signature."""
         return cls(
             HttpTransport(url, timeout=timeout, verify=verify_tls),
             trust,
@@ -193,6 +196,7 @@ class KeyClient:
             collateral,
             quote_source,
             clock=clock,
+            evidence=evidence,
         )
 
     @classmethod

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 #: Benchmark modules, each with ``run() -> list[str]``.
-MODULES = ("bench.cli_bench", "bench.dcap_bench", "bench.provider_bench")
+MODULES = ("bench.cli_bench", "bench.dcap_bench", "bench.provider_bench", "bench.latency_bench")
 
 
 def main() -> int:

@@ -16,8 +16,10 @@ Deliberate differences from ``gramine-sgx``, each said in the log:
 - a file outside the view is absent (ENOENT) where Gramine shows it and refuses to open it (EACCES).
 
 Then a TD outside the enclave (the SDK with a simulated TD quote) asks for keys over the legacy
-protocol and the HTTP API v1 and checks every answer as a TD does (provider quote: DCAP, MRENCLAVE
-pinned to the preview, binding, same platform; then decryption); SIGTERM; the provider must exit 0.
+protocol, the HTTP API v1 and (when the configuration has ``server.https_listen``) the v1 API over
+RA-TLS, and checks every answer as a TD does (provider quote or attested key or RA-TLS certificate:
+DCAP, MRENCLAVE pinned to the preview, binding, same platform; then decryption); SIGTERM; the
+provider must exit 0.
 A provider that fails because a file is missing from its view gets a diagnosis naming the file and
 the manifest template line that would have to change.
 """
@@ -581,7 +583,9 @@ def run(args: argparse.Namespace) -> int:
             raise DryRunError(
                 "\n".join([str(e), *(f"  - {f}" for f in findings), f"provider log ({provider_log}):", tail])
             ) from None
-        log(f"provider ready: {http_url} (HTTP API v1), {legacy_address} (legacy)")
+        https = _listen(cfg, "https_listen", "")
+        served = f"{http_url} (HTTP API v1), {legacy_address} (legacy)"
+        log(f"provider ready: {served}" + (f", https://{https} (RA-TLS)" if https else ""))
         trust = ProviderTrust(mrenclave=mrenclave, mrsigner=DRY_RUN_MRSIGNER)
         verifier = Verifier(trust_anchor=sim.root_certificate)
         collateral = build_source(clock=time.time, pccs_url=pccs.url)
@@ -605,11 +609,22 @@ def run(args: argparse.Namespace) -> int:
         if v1.key != again.key or v1.key == legacy_key.key:
             raise DryRunError("v1 keys are not stable per name or equal the legacy key")
         log(
-            f"v1 request answered by the Gramine backend: provider quote verified (MRENCLAVE "
-            f"{v1.provider_mrenclave.hex()}), binding, freshness and same platform checked, "
-            f"{len(v1.key)}-byte key decrypted ({v1.scheme}, {v1.key_name} v{v1.key_version}); a second "
-            "request gave the same key"
+            f"v1 request answered by the Gramine backend: attested provider key verified (its quote: "
+            f"MRENCLAVE {v1.provider_mrenclave.hex()}), answer signature, binding, freshness and same "
+            f"platform checked, {len(v1.key)}-byte key decrypted ({v1.scheme}, {v1.key_name} "
+            f"v{v1.key_version}); a second request gave the same key"
         )
+        if https:
+            with KeyClient.ratls("https://" + https, trust, verifier, collateral, td, timeout=30) as client:
+                over_tls = client.fetch("dry-run/volume", 1)
+            if over_tls.key != v1.key:
+                raise DryRunError("the RA-TLS listener gave another key than the HTTP API")
+            log(
+                f"v1 over RA-TLS answered by the Gramine backend: certificate (Gramine's format, both "
+                f"extensions) verified before the request was sent (MRENCLAVE "
+                f"{over_tls.provider_mrenclave.hex()}, key bindings, same platform), the same key as over "
+                "HTTP"
+            )
         quotes = sum(1 for name, _ in emulation.served if name == "quote")
         reports = sum(1 for name, _ in emulation.served if name == "report")
         log(

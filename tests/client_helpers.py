@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from sealing_key_provider.attestation import AttestationDocument
 from sealing_key_provider.client.errors import ProviderRefused
 from sealing_key_provider.client.transport import PROTOCOL_LEGACY, PROTOCOL_V1, ProviderAnswer, Transport
 from sealing_key_provider.collateral.source import CollateralKey, bundle_json
@@ -69,9 +70,23 @@ class InProcessTransport:
     """A transport that calls :meth:`Provider.handle` directly (v1 answers go through their JSON form),
     with an optional ``tamper(td_quote, answer)`` playing the man in the middle."""
 
-    def __init__(self, provider: Provider, *, legacy: bool = False, tamper: Tamper | None = None) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        legacy: bool = False,
+        tamper: Tamper | None = None,
+        default_evidence: str | None = "quote",
+    ) -> None:
         self.provider, self.legacy, self.tamper = provider, legacy, tamper
+        #: What to ask for when the client asks for nothing (most tests check the per-request quote).
+        self.default_evidence = default_evidence
         self.answers: list[ProviderAnswer] = []
+        self.attestation_fetches = 0
+
+    def attestation(self) -> AttestationDocument:
+        self.attestation_fetches += 1
+        return AttestationDocument.from_json(self.provider.attestation())
 
     @property
     def protocol(self) -> str:
@@ -84,7 +99,14 @@ class InProcessTransport:
         return self.provider.issue_nonce()[0]
 
     def request(
-        self, td_quote: bytes, *, key_name: str, key_version: int, scheme: str | None, nonce: bytes | None
+        self,
+        td_quote: bytes,
+        *,
+        key_name: str,
+        key_version: int,
+        scheme: str | None,
+        nonce: bytes | None,
+        evidence: str | None = None,
     ) -> ProviderAnswer:
         try:
             r = self.provider.handle(
@@ -95,6 +117,7 @@ class InProcessTransport:
                     key_version=key_version,
                     nonce=nonce,
                     legacy=self.legacy,
+                    evidence=None if self.legacy else (evidence or self.default_evidence),
                 )
             )
         except ProviderError as e:
@@ -113,6 +136,10 @@ class InProcessTransport:
                 advisory_ids=r.advisory_ids,
                 policy_digest=self.provider.policy_digest,
                 dev_mode=r.dev_mode,
+                evidence=r.evidence,
+                binding=r.binding,
+                signature=r.signature,
+                attestation_id=r.attestation_id,
             )
             v1 = KeyResponseV1.from_json(v1.to_json())
             answer = ProviderAnswer(v1.encrypted_key, v1.provider_quote, v1)
@@ -175,6 +202,8 @@ class ServedProvider:
     legacy_address: str
     info: dict[str, Any]
     log: Path
+    #: The RA-TLS listener (given as ``serve --https-listen``).
+    https_url: str = ""
 
     @property
     def mrenclave(self) -> str:
@@ -200,7 +229,7 @@ def start_provider(workdir: Path, *, deadline_seconds: float = 30.0) -> ServedPr
     collateral = write_collateral_bundle(sim, workdir / "collateral.json", int(time.time()))
     last_log = ""
     for attempt in range(3):
-        http_port, legacy_port = free_port(), free_port()
+        http_port, legacy_port, https_port = free_port(), free_port(), free_port()
         config = workdir / f"config-{attempt}.toml"
         config.write_text(
             "[server]\n"
@@ -219,7 +248,16 @@ def start_provider(workdir: Path, *, deadline_seconds: float = 30.0) -> ServedPr
         log = workdir / f"serve-{attempt}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-c", _MAIN, "serve", "--config", str(config)],
+                [
+                    sys.executable,
+                    "-c",
+                    _MAIN,
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--https-listen",
+                    f"127.0.0.1:{https_port}",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -231,7 +269,15 @@ def start_provider(workdir: Path, *, deadline_seconds: float = 30.0) -> ServedPr
                     if http.get(url + "/readyz").status_code == 200:
                         info = http.get(url + "/v1/info").json()
                         return ServedProvider(
-                            sim, workdir, collateral, process, url, f"127.0.0.1:{legacy_port}", info, log
+                            sim,
+                            workdir,
+                            collateral,
+                            process,
+                            url,
+                            f"127.0.0.1:{legacy_port}",
+                            info,
+                            log,
+                            f"https://127.0.0.1:{https_port}",
                         )
                 except httpx.TransportError:
                     pass

@@ -66,6 +66,25 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return rc, out, err
 
 
+def test_get_key_over_ratls_and_with_a_per_request_quote(
+    served: ServedProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--provider https://... verifies the RA-TLS certificate; the key is the one HTTP gives."""
+    assert f"listening https {served.https_url} (RA-TLS)" in served.log.read_text()
+    rc, plain, err = run([*base(served), "--hex"], capsys)
+    assert rc == 0, err
+    rc, over_tls, err = run([*base(served, served.https_url), "--hex"], capsys)
+    assert rc == 0, err
+    rc, quoted, err = run([*base(served), "--hex", "--per-request-quote"], capsys)
+    assert rc == 0, err
+    assert plain == over_tls == quoted and len(plain.strip()) == 64
+    wrong = [*base(served, served.https_url, pin=False), "--expect-mrenclave", "ab" * 32, "--hex"]
+    rc, out, err = run(wrong, capsys)
+    assert rc == 1 and out == "" and "PROVIDER_IDENTITY_MISMATCH" in err
+    rc, _, err = run([*base(served, served.legacy_address), "--hex", "--per-request-quote"], capsys)
+    assert rc == 2 and "--per-request-quote needs the HTTP API" in err
+
+
 def test_hex_and_file_give_the_same_key(
     served: ServedProvider, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -228,6 +228,7 @@ def test_provider_quote_with_a_flipped_signature_byte(served: ServedProvider, tr
         body["provider_quote"] = base64.b64encode(flip_signature_byte(pq)).decode()
 
     with mitm_http(served, trust, flip) as c, pytest.raises(ProviderError) as e:
+        c.evidence = "quote"  # a per-request quote, as a client that wants one asks
         c.get_key()
     assert code(e) == "QUOTE_SIGNATURE_INVALID"
     with (
@@ -237,6 +238,43 @@ def test_provider_quote_with_a_flipped_signature_byte(served: ServedProvider, tr
     ):
         c2.get_key()
     assert code(e2) == "QUOTE_SIGNATURE_INVALID"
+
+
+def test_signed_answers_that_are_not_authentic(served: ServedProvider, trust: ProviderTrust) -> None:
+    """The attested-key path: a flipped signature, a signature under an attestation id the client has
+    not verified, and an answer that claims the RA-TLS channel's authority over plain HTTP (with or
+    without a quote field) are all refused; the untouched answer is accepted."""
+
+    def flip(body: dict[str, object], td_quote: bytes) -> None:
+        assert body["evidence"] == "signature" and "provider_quote" not in body
+        sig = bytearray(base64.b64decode(str(body["signature"])))
+        sig[5] ^= 0x01
+        body["signature"] = base64.b64encode(bytes(sig)).decode()
+
+    def foreign_id(body: dict[str, object], td_quote: bytes) -> None:
+        body["attestation_id"] = "00" * 16
+
+    def claim_ratls(body: dict[str, object], td_quote: bytes) -> None:
+        body["evidence"] = "ratls"
+        del body["signature"], body["attestation_id"]
+
+    def unauthenticated(body: dict[str, object], td_quote: bytes) -> None:
+        body["evidence"] = "none"
+
+    cases = [
+        (flip, "RESPONSE_BINDING_INVALID"),
+        (foreign_id, "PROVIDER_IDENTITY_MISMATCH"),
+        (claim_ratls, "RESPONSE_BINDING_INVALID"),
+        (unauthenticated, "RESPONSE_MALFORMED"),
+    ]
+    for edit, expected in cases:
+        with mitm_http(served, trust, edit) as c, pytest.raises(ProviderError) as e:
+            c.get_key()
+        assert code(e) == expected, edit.__name__
+    with mitm_http(served, trust, lambda body, td_quote: None) as c:
+        assert len(c.get_key()) == 32
+        assert c.attestations is not None and c.attestations.fetches == 1
+        assert len(c.get_key()) == 32 and c.attestations.fetches == 1  # verified once, then cached
 
 
 # --- another platform ----------------------------------------------------------------------------------------------

@@ -453,7 +453,14 @@ def test_provider_on_another_platform_is_refused(
 
     class ForeignProvider(InProcessTransport):
         def request(
-            self, td_quote: bytes, *, key_name: str, key_version: int, scheme: str | None, nonce: bytes | None
+            self,
+            td_quote: bytes,
+            *,
+            key_name: str,
+            key_version: int,
+            scheme: str | None,
+            nonce: bytes | None,
+            evidence: str | None = None,
         ) -> ProviderAnswer:
             ek = seal(b"\x33" * 32, parse_quote(td_quote).td_report.report_data[:32])
             ctx = RequestContext.for_quote(

@@ -74,7 +74,12 @@ def test_dockerfile_pins_its_base_once_signs_from_a_secret_and_runs_unprivileged
 def test_container_configuration_differs_from_production_only_in_its_listeners() -> None:
     production = tomllib.loads((REPO / "gramine" / "config.toml").read_text())
     container = tomllib.loads((DEPLOY / "config-container.toml").read_text())
-    assert container["server"] == {"legacy_listen": "0.0.0.0:3443", "http_listen": "0.0.0.0:8080"}
+    assert container["server"] == {
+        "legacy_listen": "0.0.0.0:3443",
+        "http_listen": "0.0.0.0:8080",
+        "https_listen": "0.0.0.0:8443",
+        "attestation_lifetime": production["server"]["attestation_lifetime"],
+    }
     production.pop("server")
     container.pop("server")
     assert production == container
@@ -94,7 +99,7 @@ def test_compose_has_the_sgx_devices_aesm_pccs_settings_and_loopback_ports() -> 
     assert mounts["/var/run/aesmd"]["source"] == "/var/run/aesmd"
     assert mounts["/etc/sgx_default_qcnl.conf"]["read_only"] is True
     assert service["ports"] and all(p.startswith("127.0.0.1:") for p in service["ports"])
-    assert {p.rsplit(":", 1)[1] for p in service["ports"]} == {"3443", "8080"}
+    assert {p.rsplit(":", 1)[1] for p in service["ports"]} == {"3443", "8080", "8443"}
     assert service["restart"] == "on-failure"
     assert service["build"]["dockerfile"] == "deploy/Dockerfile"
     assert service["build"]["secrets"] == ["enclave-key"]
@@ -135,7 +140,7 @@ def test_daemonset_runs_one_provider_per_sgx_node_with_probes_and_aesm() -> None
     assert {"sgx.intel.com/epc", "sgx.intel.com/enclave", "sgx.intel.com/provision"} <= set(limits)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert {p["containerPort"] for p in container["ports"] if "hostPort" in p} == {8080, 3443}
+    assert {p["containerPort"] for p in container["ports"] if "hostPort" in p} == {8080, 3443, 8443}
     assert all(p.get("hostIP") for p in container["ports"])  # never every host address
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -270,6 +270,7 @@ def test_dry_run_serves_both_protocols_from_the_gramine_backend(build: Build) ->
     assert f"MRENCLAVE (/dev/attestation emulation) = measurement preview digest {digest}" in out
     assert "legacy request answered by the Gramine backend" in out
     assert "v1 request answered by the Gramine backend" in out
+    assert "v1 over RA-TLS answered by the Gramine backend" in out
     assert 'skp_requests_total{code="OK",protocol="legacy"} 1.0' in out
     assert "platform=gramine" in out
     assert "configuration differs from production only in collateral.pccs_url" in out

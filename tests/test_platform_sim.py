@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,47 @@ def test_open_platform_gramine(tmp_path: Path) -> None:
     assert p.root == tmp_path and p.key_policy == "mrsigner"
     with pytest.raises(PlatformError):
         open_platform(PlatformConfig(attestation_dir=str(tmp_path / "missing")))
+
+
+def test_quote_latency_is_spent_one_quote_at_a_time(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """quote_latency_ms models the quoting enclave behind AESM: each quote takes that long and no two
+    are generated at once (the latency is spent under the platform's lock)."""
+    platform = SimSgxPlatform.load(state_dir, quote_latency_ms=30)
+    assert platform.quote_latency == 0.03
+    inside = 0
+    most = 0
+    guard = threading.Lock()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        real_sleep(seconds)
+        with guard:
+            inside -= 1
+
+    monkeypatch.setattr("sealing_key_provider.sim.sgx_platform.time.sleep", sleep)
+    started = time.monotonic()
+    threads = [threading.Thread(target=platform.quote, args=(rd(str(i)),)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert most == 1
+    assert time.monotonic() - started >= 4 * 0.03  # a lower bound: cannot flake on a slow machine
+    assert SimSgxPlatform.load(state_dir).quote_latency == 0.0
+    for bad in (-1, 60_001):
+        with pytest.raises(ValueError):
+            SimSgxPlatform.load(state_dir, quote_latency_ms=bad)
+
+
+def test_quote_latency_configuration(state_dir: Path) -> None:
+    config = PlatformConfig(kind="sim", sim_state_dir=str(state_dir), quote_latency_ms=20)
+    platform = open_platform(config)
+    assert isinstance(platform, SimSgxPlatform) and platform.quote_latency == 0.02
+    with pytest.raises(ConfigError, match="simulated platform only"):
+        PlatformConfig(kind="gramine", quote_latency_ms=5)
+    with pytest.raises(ConfigError, match=r"0\.\.60000"):
+        PlatformConfig(kind="sim", sim_state_dir=str(state_dir), quote_latency_ms=-1)

@@ -138,7 +138,8 @@ def test_legacy_key_is_the_original_algorithm(provider: Provider, sim: SimPlatfo
 def test_v1_response_binds_request_context(provider: Provider, sim: SimPlatform) -> None:
     td = Td(sim)
     quote = td.quote()
-    resp = provider.handle(KeyRequest(quote=quote, key_name="app/x", key_version=3))
+    resp = provider.handle(KeyRequest(quote=quote, key_name="app/x", key_version=3, evidence="quote"))
+    assert resp.evidence == "quote" and not resp.signature
     ctx = RequestContext.for_quote(
         quote,
         scheme=resp.scheme,

@@ -258,11 +258,23 @@ class SchemeRewriter(HttpTransport):
     sent: list[str | None]
 
     def request(
-        self, td_quote: bytes, *, key_name: str, key_version: int, scheme: str | None, nonce: bytes | None
+        self,
+        td_quote: bytes,
+        *,
+        key_name: str,
+        key_version: int,
+        scheme: str | None,
+        nonce: bytes | None,
+        evidence: str | None = None,
     ) -> ProviderAnswer:
         self.sent.append(scheme)
         return super().request(
-            td_quote, key_name=key_name, key_version=key_version, scheme=LEGACY_SCHEME, nonce=nonce
+            td_quote,
+            key_name=key_name,
+            key_version=key_version,
+            scheme=LEGACY_SCHEME,
+            nonce=nonce,
+            evidence=evidence,
         )
 
 
@@ -327,9 +339,12 @@ def test_per_request_quote_relayed_from_another_machine_is_refused_over_http(
     assert provider.identity.pck.ppid == sim.ppid
     host.relaying = True
     with in_process(provider) as thread, http_client(thread) as c:
-        r = post_key(c, Td(sim, VICTIM).quote())
+        r = post_key(c, Td(sim, VICTIM).quote(), evidence="quote")
         assert (r.status_code, error_code(r)) == (503, "PLATFORM_ERROR")
         assert "not of this enclave" in r.json()["error"]["message"]
+        # The attested key's renewal goes through the same check: a relayed quote is never adopted.
+        with pytest.raises(PlatformError, match="not of this enclave"):
+            provider.attested.attest(provider.now())
 
 
 # --- 6. a clock set back -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from sealing_key_provider.cli import build_parser, main
 from sealing_key_provider.cli import serve as serve_cli
 from sealing_key_provider.config import Config
-from sealing_key_provider.errors import PlatformError, RestartRequired
+from sealing_key_provider.errors import ConfigError, PlatformError, RestartRequired
 from sealing_key_provider.sim import SimPlatform, default_state_dir
 from tests.test_server_support import (
     ROOT,
@@ -70,6 +70,21 @@ def test_flags_become_dotted_overrides() -> None:
     assert config.collateral.pccs_url is None and config.logging.format == "json"
     with pytest.raises(SystemExit):
         parse("--pccs-url=https://pccs", "--collateral=/c.json")  # one source only
+
+
+def test_https_and_quote_latency_flags() -> None:
+    args = parse(
+        "--platform=sim", "--state-dir=/s", "--https-listen=127.0.0.1:8443", "--sim-quote-latency-ms=20"
+    )
+    overrides = serve_cli.overrides_from_args(args)
+    assert overrides["server.https_listen"] == "127.0.0.1:8443"
+    assert overrides["platform.quote_latency_ms"] == 20.0
+    config, _ = serve_cli.load_config(args)
+    assert config.server.https_listen == "127.0.0.1:8443" and config.platform.quote_latency_ms == 20.0
+    assert config.server.attestation_lifetime == 24 * 3600
+    for bad in ({"server.https_listen": "nope"}, {"server.attestation_lifetime": 30}):
+        with pytest.raises(ConfigError):
+            config.with_overrides(bad)
 
 
 def test_flags_override_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,15 +178,14 @@ RESTART_SCRIPT = textwrap.dedent(
     class Denied:
         def __init__(self, inner):
             self.inner = inner
-            self.started = False
+            self.calls = 0
         def report(self, report_data):
             return self.inner.report(report_data)
         def quote(self, report_data):
-            # The start-up quote (over a nonce) and readiness quotes (over zeros) pass; requests
-            # (bound to a hash of their answer) are refused.
-            if self.started and any(report_data):
+            # The start-up quotes (identity, attested key) pass; per-request quotes are refused.
+            self.calls += 1
+            if self.calls > 2:
                 raise RestartRequired("permission denied on /dev/attestation/quote (Permission denied)")
-            self.started = True
             return self.inner.quote(report_data)
         def sealing_key(self):
             return self.inner.sealing_key()
@@ -217,7 +231,7 @@ def test_restart_required_during_a_request_exits_1(sim: SimPlatform, tmp_path: P
             if protocol == "legacy":
                 assert legacy_exchange(legacy, quote) is None
             else:
-                r = httpx.post(url + "/v1/keys", json={"quote": b64(quote)})
+                r = httpx.post(url + "/v1/keys", json={"quote": b64(quote), "evidence": "quote"})
                 assert r.status_code == 503 and r.json()["error"]["code"] == "RESTART_REQUIRED"
             assert proc.wait(30) == 1
         finally:

@@ -112,7 +112,7 @@ def test_listening_lines_and_platform_note(server: ServeProcess) -> None:
 def test_td_gets_a_stable_key_it_can_decrypt(client: httpx.Client, sim: SimPlatform) -> None:
     td = Td(sim)
     quote = td.quote()
-    r = post_key(client, quote)
+    r = post_key(client, quote, evidence="quote")
     k1 = remember(td, key_of(td, r))
     body = r.json()
     assert len(k1) == 32 and body["dev_mode"] is False and body["tcb_status"] == "UpToDate"

@@ -330,7 +330,7 @@ def test_second_stop_request_cuts_in_flight_requests_at_once(sim: SimPlatform) -
 
         def ask() -> None:
             try:
-                post_key(c, Td(sim).quote())
+                post_key(c, Td(sim).quote(), evidence="quote")
             except httpx.TransportError as e:
                 outcome.append(e)
 

@@ -181,7 +181,8 @@ def test_rate_limit(sim: SimPlatform) -> None:
 
 
 class SlowPlatform:
-    """The simulated SGX platform whose quote generation blocks until released (after start-up)."""
+    """The simulated SGX platform whose quote generation blocks until released (after the two start-up
+    quotes: identity and attested key)."""
 
     def __init__(self, sim: SimPlatform) -> None:
         self.inner = SimSgxPlatform.load(sim.state_dir)
@@ -194,7 +195,7 @@ class SlowPlatform:
 
     def quote(self, report_data: bytes) -> bytes:
         self.calls += 1
-        if self.calls > 1:
+        if self.calls > 2:
             self.entered.set()
             assert self.release.wait(30)
         return self.inner.quote(report_data)
@@ -209,7 +210,7 @@ def test_deadline_and_overloaded_when_no_slot_comes_in_time(sim: SimPlatform) ->
     with in_process(provider, max_concurrency=1, request_deadline=1.0) as thread, http_client(thread) as c:
         td = Td(sim)
         result: dict[str, Any] = {}
-        first = threading.Thread(target=lambda: result.update(r=post_key(c, td.quote())))
+        first = threading.Thread(target=lambda: result.update(r=post_key(c, td.quote(), evidence="quote")))
         first.start()
         assert platform.entered.wait(10)
         # The worker is stuck: the first request is answered at its deadline, and its slot stays
@@ -243,7 +244,7 @@ def test_readiness_is_cached_and_reports_failures(sim: SimPlatform) -> None:
         r = c.get("/readyz")
         assert r.status_code == 200 and r.json() == {
             "status": "ready",
-            "checks": {"own_quote": "ok", "collateral": "ok"},
+            "checks": {"attestation": "ok", "collateral": "ok"},
         }
         n = len(calls)
         for _ in range(5):
@@ -336,7 +337,7 @@ def test_shutdown_finishes_in_flight_requests(sim: SimPlatform) -> None:
     with http_client(thread) as c:
         td = Td(sim)
         result: dict[str, Any] = {}
-        first = threading.Thread(target=lambda: result.update(r=post_key(c, td.quote())))
+        first = threading.Thread(target=lambda: result.update(r=post_key(c, td.quote(), evidence="quote")))
         first.start()
         assert platform.entered.wait(10)
         thread.server.request_stop_threadsafe(0)

@@ -115,11 +115,17 @@ class ServerConfig:
     #: Requests processed at once (verification + quote generation); the rest wait, taking turns by
     #: client address, or get OVERLOADED when their deadline passes first.
     max_concurrency: int = 8
+    #: HTTPS listener for the same v1 API, with an RA-TLS certificate in Gramine's format ("" = off).
+    https_listen: str = ""
+    #: Seconds an attested provider key (and RA-TLS certificate) is valid; renewed at half of it.
+    attestation_lifetime: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
-        if not self.legacy_listen and not self.http_listen:
-            raise ConfigError("server: at least one of legacy_listen and http_listen must be set")
-        for key in ("legacy_listen", "http_listen"):
+        if not self.legacy_listen and not self.http_listen and not self.https_listen:
+            raise ConfigError(
+                "server: at least one of legacy_listen, http_listen and https_listen must be set"
+            )
+        for key in ("legacy_listen", "http_listen", "https_listen"):
             value = getattr(self, key)
             if value:
                 parse_listen(value, f"server.{key}")
@@ -133,8 +139,11 @@ class ServerConfig:
             "rate_limit_per_second",
             "rate_limit_burst",
             "max_concurrency",
+            "attestation_lifetime",
         ):
             _positive(getattr(self, key), f"server.{key}")
+        if self.attestation_lifetime < 60:
+            raise ConfigError("server.attestation_lifetime must be at least 60 seconds")
         if self.max_request_bytes > 64 * 1024 * 1024:
             raise ConfigError("server.max_request_bytes must be at most 64 MiB")
         for value in self.relay_addresses:
@@ -162,12 +171,18 @@ class PlatformConfig:
     sim_state_dir: str | None = None
     sim_mrenclave: str | None = None
     sim_mrsigner: str | None = None
+    #: Simulated platform only: milliseconds each SGX quote takes, one at a time (as through AESM).
+    quote_latency_ms: float = 0.0
 
     def __post_init__(self) -> None:
         _choice(self.kind, PLATFORM_KINDS, "platform.kind")
         _choice(self.sealing_key_policy, SEAL_KEY_POLICIES, "platform.sealing_key_policy")
         if not self.attestation_dir:
             raise ConfigError("platform.attestation_dir must not be empty")
+        if not 0 <= self.quote_latency_ms <= 60_000:
+            raise ConfigError("platform.quote_latency_ms must be 0..60000")
+        if self.kind != "sim" and self.quote_latency_ms:
+            raise ConfigError("platform.quote_latency_ms applies to the simulated platform only")
         if self.kind == "sim" and not self.sim_state_dir:
             raise ConfigError("platform.sim_state_dir is required when platform.kind = 'sim'")
         for key in ("sim_mrenclave", "sim_mrsigner"):

@@ -1,9 +1,11 @@
-"""The request flow: one TD quote in, one sealed key and provider quote out (DESIGN.md steps 1-8).
+"""The request flow: one TD quote in, one sealed key out, authenticated (DESIGN.md steps 1-8).
 
 This module holds the flow and nothing else. It talks to the edges through small interfaces: an
 :class:`~.platform.SgxPlatform` (own quote, sealing key), a :class:`~.collateral.CollateralSource`, a
-clock. Both protocols (legacy TCP, HTTP v1) call :meth:`Provider.handle`; they differ only in the
-scheme they ask for and the report-data binding of the response.
+clock. Both protocols (legacy TCP, HTTP v1) call :meth:`Provider.handle`; they differ in the scheme
+they ask for, the binding of the response, and what authenticates it: a per-request SGX quote (legacy,
+or v1 on request), the attested key's signature (v1 default, :mod:`.attested_key`), or nothing more
+than the RA-TLS channel the answer goes back on.
 
 Every decision is written to the ``sealing_key_provider.audit`` logger: granted or denied, the code,
 a digest of the TD's measurements, key name and version, TCB status. Never key material.
@@ -11,21 +13,26 @@ a digest of the TD's measurements, key name and version, TCB status. Never key m
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 from . import __version__
+from .attested_key import DEFAULT_LIFETIME, AttestedKeys, TlsFactory
 from .binding import RequestContext, report_data_legacy, report_data_v1
 from .collateral.source import CollateralSource
 from .dcap import PckIdentity, Quote, TdReport, TeeType, Verifier, parse_quote
 from .dcap.abi import MAX_QUOTE_SIZE
 from .dcap.pck import pck_leaf_identity
 from .errors import (
+    BadRequest,
+    CollateralError,
     CollateralUnavailable,
     FreshnessError,
     PckChainInvalid,
@@ -50,12 +57,44 @@ from .keys import (
 from .platform import DEV_MODE_ISVPRODID, SgxPlatform, attested_quote
 from .policy import Policy
 from .timefloor import TimeFloor
+from .wire import EVIDENCE_QUOTE, EVIDENCE_RATLS, EVIDENCE_SIGNATURE, REQUESTABLE_EVIDENCE
 
 log = logging.getLogger("sealing_key_provider.provider")
 audit = logging.getLogger("sealing_key_provider.audit")
 
 #: The TCB status reported for a quote that development mode did not verify.
 UNVERIFIED: Final = "Unverified"
+
+
+#: Upper bounds (seconds) of the quote-generation histogram buckets.
+QUOTE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class QuoteStats:
+    """Every SGX quote this provider generated and how long each took (start-up, attestation,
+    renewal and per-request quotes alike), for ``skp_quote_generation_seconds``. Thread-safe."""
+
+    def __init__(self, buckets: tuple[float, ...] = QUOTE_BUCKETS) -> None:
+        self.buckets = buckets
+        self._lock = threading.Lock()
+        self._counts = [0] * (len(buckets) + 1)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = bisect.bisect_left(self.buckets, seconds)
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """(count per bucket, the last one above every bound; sum of seconds)."""
+        with self._lock:
+            return list(self._counts), self._sum
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return sum(self._counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +108,10 @@ class KeyRequest:
     #: A freshness token from ``/v1/nonce``; the TD put SHA-256 of it in report_data[32:64].
     nonce: bytes | None = None
     legacy: bool = False
+    #: ``"quote"`` asks for a per-request SGX quote (v1); None: the channel's default.
+    evidence: str | None = None
+    #: The request came over the RA-TLS listener: the channel is attested.
+    attested_channel: bool = False
     #: Who asked (address), for the audit log only.
     peer: str = "-"
 
@@ -78,6 +121,7 @@ class KeyResponse:
     """The answer, and what was applied to produce it (the v1 API reports all of it)."""
 
     encrypted_key: bytes
+    #: The per-request SGX quote (legacy, and v1 with evidence "quote"); empty otherwise.
     provider_quote: bytes = field(repr=False)
     scheme: str
     measurements: tuple[str, ...]
@@ -86,8 +130,14 @@ class KeyResponse:
     tcb_status: str
     advisory_ids: tuple[str, ...]
     dev_mode: bool
-    #: Seconds spent generating the provider quote (exported as a metric).
+    #: Seconds spent generating the provider quote (0 without one).
     quote_seconds: float
+    #: The 64 bytes that authenticate this answer: the report data of the legacy or v1 binding.
+    binding: bytes = b""
+    evidence: str = EVIDENCE_QUOTE
+    #: The attested key's signature over the labelled binding, and the attestation naming that key.
+    signature: bytes = b""
+    attestation_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +235,10 @@ class Provider:
         clock: Callable[[], float] = time.time,
         dev_mode: bool = False,
         time_floor: TimeFloor | None = None,
+        attestation_lifetime: float = DEFAULT_LIFETIME,
+        tls_factory: TlsFactory | None = None,
     ) -> None:
+        self.quote_stats = QuoteStats()
         self._platform = platform
         self._collateral = collateral
         self._verifier = verifier
@@ -204,9 +257,7 @@ class Provider:
             )
         # The provider's PCK identity comes from its own quote, once: one quote generation per request.
         nonce = secrets.token_bytes(64)
-        self.identity = identity_from_quote(
-            attested_quote(platform, nonce), nonce, None if dev_mode else verifier
-        )
+        self.identity = identity_from_quote(self._quote(nonce), nonce, None if dev_mode else verifier)
         if dev_mode and self.identity.isvprodid != DEV_MODE_ISVPRODID:
             log.warning(
                 "DEVELOPMENT MODE in an enclave with ISVPRODID %d, not the development ISVPRODID %d: "
@@ -225,6 +276,41 @@ class Provider:
                 "DEVELOPMENT MODE: TD quotes are NOT verified and the same-platform check is skipped; "
                 "never use this build in production"
             )
+        # The attested key (and RA-TLS certificate): v1 answers are signed, not quoted, so the quoting
+        # enclave is out of the request path. Attested now, before any listener opens.
+        self.attested = AttestedKeys(
+            self._quote,
+            self.policy_digest,
+            lifetime=attestation_lifetime,
+            tls_factory=tls_factory,
+            check=None if dev_mode else self._check_own_quote,
+        )
+        self.attested.attest(self._clock())
+
+    def _quote(self, report_data: bytes) -> bytes:
+        """Every SGX quote the provider makes goes through here: its report body checked against the
+        enclave's own report (:func:`~.platform.attested_quote`), counted and timed."""
+        started = time.perf_counter()
+        quote = attested_quote(self._platform, report_data)
+        self.quote_stats.observe(time.perf_counter() - started)
+        return quote
+
+    def _check_own_quote(self, quote: bytes, now: float) -> None:
+        """Raise if the provider's own quote no longer verifies under the collateral available now.
+
+        Collateral that cannot be had is not a reason to re-attest (a new quote would not verify any
+        better); a quote the verifier refuses is.
+        """
+        mine = self.identity.pck
+        try:
+            collateral = self._collateral.get("sgx", mine.fmspc, mine.ca_type)
+        except CollateralError as e:
+            log.debug("own quote check skipped: no SGX collateral (%s)", e.code)
+            return
+        try:
+            self._verifier.verify(parse_quote(quote), collateral, int(now))
+        except CollateralError as e:
+            log.debug("own quote check skipped: collateral not usable (%s)", e.code)
 
     # --- the flow ---------------------------------------------------------------------------------
 
@@ -273,6 +359,8 @@ class Provider:
         key_version = validate_key_version(request.key_version)
         if request.legacy and (request.scheme not in (None, LEGACY_SCHEME)):
             raise PolicyDenied("the legacy protocol always uses the legacy-sha256 scheme")
+        if request.evidence is not None and request.evidence not in REQUESTABLE_EVIDENCE:
+            raise BadRequest(f"evidence must be one of {', '.join(REQUESTABLE_EVIDENCE)}")
         # The host sets the clock: never verify collateral or tokens at a time already known to be past.
         now = self.time_floor.check(self._clock())
 
@@ -300,10 +388,16 @@ class Provider:
         )
         encrypted_key = seal(derived.key, recipient)
 
-        # 7. Bind the response in the provider's quote: one SGX quote generation per request.
+        # 7. Bind the response: in a per-request quote (legacy, or asked for), with the attested key's
+        # signature (v1 default), or in nothing more than the attested RA-TLS channel it goes back on.
+        evidence = EVIDENCE_QUOTE
         if request.legacy:
             report_data = report_data_legacy(encrypted_key)
         else:
+            if request.evidence is None:
+                evidence = EVIDENCE_RATLS if request.attested_channel else EVIDENCE_SIGNATURE
+            else:
+                evidence = request.evidence
             context = RequestContext.for_quote(
                 request.quote,
                 scheme=derived.scheme,
@@ -316,9 +410,13 @@ class Provider:
                 dev_mode=self.dev_mode,
             )
             report_data = report_data_v1(encrypted_key, context)
-        started = time.perf_counter()
-        provider_quote = attested_quote(self._platform, report_data)
-        quote_seconds = time.perf_counter() - started
+        provider_quote, signature, attestation_id, quote_seconds = b"", b"", "", 0.0
+        if evidence == EVIDENCE_QUOTE:
+            started = time.perf_counter()
+            provider_quote = self._quote(report_data)
+            quote_seconds = time.perf_counter() - started
+        elif evidence == EVIDENCE_SIGNATURE:
+            attestation_id, signature = self.attested.sign(report_data, now)
 
         # 8. Answer with what was applied.
         return (
@@ -333,6 +431,10 @@ class Provider:
                 advisory_ids=advisories,
                 dev_mode=self.dev_mode,
                 quote_seconds=quote_seconds,
+                binding=report_data,
+                evidence=evidence,
+                signature=signature,
+                attestation_id=attestation_id,
             ),
             td,
         )
@@ -396,15 +498,31 @@ class Provider:
         }
 
     def readiness(self) -> dict[str, str]:
-        """Check that the provider can answer now: its own quote and the TD collateral source work.
+        """Check that the provider can answer now: its attestation is valid and renewing (no quote is
+        generated for a probe; a failing quoting enclave shows as failing renewal) and the TD
+        collateral source works.
 
         Returns {check: "ok"} or raises the first failure (the HTTP layer turns it into 503).
         """
-        identity_from_quote(attested_quote(self._platform, bytes(64)))
+        attestation = self.attested.health(self._clock())
         if not self.dev_mode:
             collateral = self._collateral.get("tdx", self.identity.pck.fmspc, self.identity.pck.ca_type)
             del collateral
-        return {"own_quote": "ok", "collateral": "skipped (dev mode)" if self.dev_mode else "ok"}
+        return {"attestation": attestation, "collateral": "skipped (dev mode)" if self.dev_mode else "ok"}
+
+    def now(self) -> float:
+        """The provider's clock (Unix seconds): the one its verification and attestation use."""
+        return self._clock()
+
+    def maintain(self) -> bool:
+        """Renew the attestation if it is due or no longer verifies (the server calls this
+        periodically, off the request path); True if a new one was made."""
+        # A clock set back below the floor makes no attestation (ClockBehindFloor); the current one stays.
+        return self.attested.maintain(self.time_floor.check(self._clock()))
+
+    def attestation(self) -> dict[str, object]:
+        """The current attestation document (``GET /v1/attestation``)."""
+        return self.attested.current(self._clock()).document.to_json()
 
 
 def _peek_digest(quote: bytes) -> str:

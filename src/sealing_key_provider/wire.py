@@ -22,6 +22,15 @@ from typing import Any, Final
 from .dcap.abi import MAX_QUOTE_SIZE
 from .errors import BadRequest, RequestTooLarge
 
+#: How a v1 answer is authenticated: a per-request SGX quote, the attested key's signature (default
+#: over plain HTTP), or the attested RA-TLS channel it travels on (see :class:`KeyResponseV1`).
+EVIDENCE_QUOTE: Final = "quote"
+EVIDENCE_SIGNATURE: Final = "signature"
+EVIDENCE_RATLS: Final = "ratls"
+#: What a v1 request may ask for (absent: the channel's default), and what a v1 answer may carry.
+REQUESTABLE_EVIDENCE: Final = (EVIDENCE_QUOTE, EVIDENCE_SIGNATURE)
+RESPONSE_EVIDENCE: Final = (EVIDENCE_QUOTE, EVIDENCE_SIGNATURE, EVIDENCE_RATLS)
+
 #: Largest legacy frame we accept (the original accepted 4 GiB and allocated it up front).
 MAX_LEGACY_FRAME: Final = 1024 * 1024
 LENGTH_PREFIX: Final = struct.Struct(">I")
@@ -135,13 +144,14 @@ def b64encode(data: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class KeyRequestV1:
     """``POST /v1/keys`` body: ``{"quote": b64, "key_name"?: str, "key_version"?: int, "scheme"?: str,
-    "nonce"?: b64}``."""
+    "nonce"?: b64, "evidence"?: "quote" | "signature"}``."""
 
     quote: bytes = field(repr=False)
     key_name: str | None = None
     key_version: int | None = None
     scheme: str | None = None
     nonce: bytes | None = None
+    evidence: str | None = None
 
     @classmethod
     def from_json(cls, body: bytes, max_quote: int) -> KeyRequestV1:
@@ -150,7 +160,7 @@ class KeyRequestV1:
 
     @classmethod
     def from_mapping(cls, obj: Mapping[str, Any], max_quote: int) -> KeyRequestV1:
-        unknown = sorted(set(obj) - {"quote", "key_name", "key_version", "scheme", "nonce"})
+        unknown = sorted(set(obj) - {"quote", "key_name", "key_version", "scheme", "nonce", "evidence"})
         if unknown:
             raise BadRequest(f"unknown field {unknown[0]!r} in key request")
         if "quote" not in obj:
@@ -165,12 +175,16 @@ class KeyRequestV1:
         if scheme is not None and not isinstance(scheme, str):
             raise BadRequest("scheme must be a string")
         nonce = obj.get("nonce")
+        evidence = obj.get("evidence")
+        if evidence is not None and evidence not in REQUESTABLE_EVIDENCE:
+            raise BadRequest(f"evidence must be one of {', '.join(map(repr, REQUESTABLE_EVIDENCE))}")
         return cls(
             quote=b64decode(obj["quote"], "quote", max_quote),
             key_name=key_name,
             key_version=key_version,
             scheme=scheme,
             nonce=None if nonce is None else b64decode(nonce, "nonce", 256),
+            evidence=evidence,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -183,12 +197,20 @@ class KeyRequestV1:
             out["scheme"] = self.scheme
         if self.nonce is not None:
             out["nonce"] = b64encode(self.nonce)
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class KeyResponseV1:
-    """``POST /v1/keys`` answer. ``policy_digest`` lets the client recompute the report-data binding."""
+    """``POST /v1/keys`` answer. ``policy_digest`` lets the client recompute the binding.
+
+    ``evidence`` says what authenticates it: ``"quote"`` (``provider_quote``, a per-request SGX quote
+    over ``binding``), ``"signature"`` (``signature`` by the key of attestation ``attestation_id``) or
+    ``"ratls"`` (nothing in the body: the RA-TLS channel it came on is attested). ``binding`` is the
+    provider's statement of the v1 report data; a client recomputes it and never takes it on trust.
+    """
 
     encrypted_key: bytes
     provider_quote: bytes = field(repr=False)
@@ -200,11 +222,23 @@ class KeyResponseV1:
     advisory_ids: tuple[str, ...]
     policy_digest: bytes
     dev_mode: bool
+    evidence: str = "quote"
+    binding: bytes = b""
+    signature: bytes = b""
+    attestation_id: str = ""
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "encrypted_key": b64encode(self.encrypted_key),
-            "provider_quote": b64encode(self.provider_quote),
+            "evidence": self.evidence,
+            "binding": self.binding.hex(),
+        }
+        if self.evidence == "quote":
+            out["provider_quote"] = b64encode(self.provider_quote)
+        elif self.evidence == "signature":
+            out["signature"] = b64encode(self.signature)
+            out["attestation_id"] = self.attestation_id
+        return out | {
             "scheme": self.scheme,
             "measurements": list(self.measurements),
             "key_name": self.key_name,
@@ -238,9 +272,28 @@ class KeyResponseV1:
             raise BadRequest(f"key response lacks {e.args[0]!r}") from None
         except ValueError:
             raise BadRequest("policy_digest must be hex") from None
+        evidence = obj.get("evidence", "quote")  # answers of providers before the attested key
+        if evidence not in RESPONSE_EVIDENCE:
+            raise BadRequest(f"evidence must be one of {', '.join(map(repr, RESPONSE_EVIDENCE))}")
+        binding_hex = obj.get("binding", "")
+        if not isinstance(binding_hex, str) or len(binding_hex) not in (0, 128):
+            raise BadRequest("binding must be 64 bytes in hex")
+        try:
+            binding = bytes.fromhex(binding_hex)
+        except ValueError:
+            raise BadRequest("binding must be 64 bytes in hex") from None
+        quote, signature, attestation_id = b"", b"", ""
+        if evidence == "quote":
+            quote = b64decode(obj.get("provider_quote"), "provider_quote", MAX_QUOTE_SIZE)
+        elif evidence == "signature":
+            signature = b64decode(obj.get("signature"), "signature", 1024)
+            claimed_id = obj.get("attestation_id")
+            if not isinstance(claimed_id, str) or not 0 < len(claimed_id) <= 64:
+                raise BadRequest("attestation_id must be a string")
+            attestation_id = claimed_id
         return cls(
             encrypted_key=b64decode(obj.get("encrypted_key"), "encrypted_key", 1024),
-            provider_quote=b64decode(obj.get("provider_quote"), "provider_quote", MAX_QUOTE_SIZE),
+            provider_quote=quote,
             scheme=obj["scheme"],
             measurements=tuple(measurements),
             key_name=obj["key_name"],
@@ -249,6 +302,10 @@ class KeyResponseV1:
             advisory_ids=tuple(advisories),
             policy_digest=digest,
             dev_mode=obj["dev_mode"],
+            evidence=evidence,
+            binding=binding,
+            signature=signature,
+            attestation_id=attestation_id,
         )
 
 

@@ -28,6 +28,7 @@ from ..acceptance import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
 from ..atomicfile import create_exclusive, write_atomically
 from ..client.detect import NOT_A_TD_HINT, detect_quote_source
 from ..client.quote_base import QuoteSource, QuoteSourceUnavailable
+from ..client.ratls import RaTlsTransport
 from ..client.sdk import KeyClient, ProviderKey
 from ..client.secret import wipe
 from ..client.tdx_guest import DEFAULT_TDX_GUEST_DEVICE, qgs_source_from_system
@@ -148,7 +149,10 @@ def _quote_source(args: argparse.Namespace) -> QuoteSource:
 
 
 def _transport(args: argparse.Namespace) -> Transport:
-    if args.provider.startswith(("http://", "https://")):
+    if args.provider.startswith("https://"):
+        # The provider's RA-TLS listener: its certificate is verified before the request is sent.
+        return RaTlsTransport(args.provider, timeout=args.timeout)
+    if args.provider.startswith("http://"):
         return HttpTransport(args.provider, timeout=args.timeout)
     return LegacyTransport(args.provider, timeout=args.timeout)
 
@@ -184,6 +188,8 @@ def _check_usage(args: argparse.Namespace) -> str | None:
             legacy_only.append("--freshness")
         if args.expect_policy_digest:
             legacy_only.append("--expect-policy-digest")
+        if args.per_request_quote:
+            legacy_only.append("--per-request-quote")
         if legacy_only:
             verb = "needs" if len(legacy_only) == 1 else "need"
             return (
@@ -289,9 +295,16 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
             return _usage(e.message)
     try:
         quotes = _quote_source(args)
+        evidence = "quote" if args.per_request_quote else None
         # With --legacy the SDK logs a warning that names the risk (stderr: no logging is configured).
         with KeyClient(
-            _transport(args), trust, verifier, collateral, quotes, allow_unbound_legacy=args.legacy
+            _transport(args),
+            trust,
+            verifier,
+            collateral,
+            quotes,
+            evidence=evidence,
+            allow_unbound_legacy=args.legacy,
         ) as client:
             result: ProviderKey = client.fetch(
                 args.key_name, args.key_version, args.scheme, freshness=args.freshness
@@ -391,6 +404,11 @@ def register(subparsers: Any) -> None:
         f"{LEGACY_SCHEME})",
     )
     key.add_argument("--freshness", action="store_true", help="bind a provider nonce into the TD quote (v1)")
+    key.add_argument(
+        "--per-request-quote",
+        action="store_true",
+        help="ask for an SGX quote over this answer instead of the attested key's signature (v1)",
+    )
     verify = p.add_argument_group("verifying the provider's quote")
     coll = verify.add_mutually_exclusive_group()
     coll.add_argument(

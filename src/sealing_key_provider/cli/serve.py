@@ -61,6 +61,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--state-dir", metavar="DIR", help="simulated platform state (platform.sim_state_dir)")
     p.add_argument("--legacy-listen", metavar="HOST:PORT", help="legacy TCP listener (server.legacy_listen)")
     p.add_argument("--http-listen", metavar="HOST:PORT", help="HTTP API listener (server.http_listen)")
+    p.add_argument(
+        "--https-listen",
+        metavar="HOST:PORT",
+        help="HTTPS listener with an RA-TLS certificate in Gramine's format (server.https_listen)",
+    )
+    p.add_argument(
+        "--sim-quote-latency-ms",
+        metavar="MS",
+        type=float,
+        help="simulated platform: milliseconds per SGX quote, one at a time (platform.quote_latency_ms)",
+    )
     source = p.add_mutually_exclusive_group()
     source.add_argument("--pccs-url", metavar="URL", help="PCCS or Intel PCS base URL (collateral.pccs_url)")
     source.add_argument("--collateral", metavar="FILE", help="offline collateral file (collateral.file)")
@@ -90,6 +101,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, object]:
         out["server.legacy_listen"] = args.legacy_listen
     if args.http_listen is not None:
         out["server.http_listen"] = args.http_listen
+    if args.https_listen is not None:
+        out["server.https_listen"] = args.https_listen
+    if args.sim_quote_latency_ms is not None:
+        out["platform.quote_latency_ms"] = args.sim_quote_latency_ms
     if args.pccs_url is not None:
         out["collateral.pccs_url"] = args.pccs_url
         out["collateral.file"] = None
@@ -179,6 +194,7 @@ def open_platform(config: PlatformConfig, *, dev_mode: bool = False) -> SgxPlatf
         mrsigner=bytes.fromhex(config.sim_mrsigner) if config.sim_mrsigner else None,
         key_policy=config.sealing_key_policy,
         dev_mode=dev_mode,
+        quote_latency_ms=config.quote_latency_ms,
     )
 
 
@@ -271,6 +287,8 @@ def announce(server: ProviderServer, config: Config, provider: Provider) -> None
         print(f"listening legacy {legacy}")
     if http is not None:
         print(f"listening http http://{http}")
+    if server.https_address is not None:
+        print(f"listening https https://{_hostport(server.https_address)} (RA-TLS)")
     command = get_key_command(config, provider, http, legacy)
     if command is not None and config.dev_mode:
         print("development mode: get-key refuses this provider's answers (they skip TD quote checks)")

@@ -7,6 +7,11 @@ Usage::
     with KeyClient.http("http://127.0.0.1:8080", trust, Verifier(), collateral, detect_quote_source()) as c:
         key = c.get_key("app/db", key_version=1)          # 32 bytes
 
+``KeyClient.ratls("https://127.0.0.1:8443", ...)`` talks to the provider's RA-TLS listener instead
+(its certificate is checked before any request is sent, :mod:`.ratls`). Over plain HTTP, answers are
+signed by the provider's attested key: its attestation is fetched once, verified in full and cached
+until it expires (:mod:`.attested`); ``evidence="quote"`` asks for a per-request quote instead.
+
 Only the HTTP API v1 binds an answer to the request it answers (the TD's exact quote, the scheme, the
 key name and version, the policy). The original's TCP protocol binds only the ciphertext: the host can
 swap the TD's quote for a quote of another TD image on the same machine that carries this TD's public
@@ -32,6 +37,7 @@ language that controls memory.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +50,7 @@ import nacl.public
 
 from ..collateral.source import CollateralSource
 from ..dcap import TcbStatus, VerifiedQuote, Verifier
-from ..errors import DecryptionFailed, LegacyNotAllowed, ProviderError
+from ..errors import DecryptionFailed, LegacyNotAllowed, ProviderError, ResponseBindingInvalid
 from ..freshness import token_binding
 from ..keys import (
     DEFAULT_KEY_NAME,
@@ -56,13 +62,24 @@ from ..keys import (
     validate_key_name,
     validate_key_version,
 )
+from ..wire import EVIDENCE_QUOTE, EVIDENCE_RATLS, EVIDENCE_SIGNATURE, REQUESTABLE_EVIDENCE
+from .attested import AttestationCache, AttestationSource
 from .errors import TdQuoteInvalid
 from .quote_base import QuoteSource
+from .ratls import RaTlsTransport, RaTlsVerifier, VerifiedCertificate
 from .secret import EphemeralKeyPair
-from .transport import DEFAULT_TIMEOUT, PROTOCOL_LEGACY, HttpTransport, LegacyTransport, Transport
+from .transport import (
+    DEFAULT_TIMEOUT,
+    PROTOCOL_LEGACY,
+    HttpTransport,
+    LegacyTransport,
+    ProviderAnswer,
+    Transport,
+)
 from .trust import ProviderTrust
 from .verify import (
     TdQuoteInfo,
+    expected_binding_v1,
     inspect_td_quote,
     verify_binding_legacy,
     verify_binding_v1,
@@ -122,8 +139,11 @@ class KeyClient:
         quote_source: QuoteSource,
         *,
         clock: Callable[[], float] = time.time,
+        evidence: str | None = None,
         allow_unbound_legacy: bool = False,
     ) -> None:
+        if evidence not in (None, *REQUESTABLE_EVIDENCE):
+            raise ValueError(f"evidence must be one of {', '.join(REQUESTABLE_EVIDENCE)}")
         if transport.protocol == PROTOCOL_LEGACY:
             if not allow_unbound_legacy:
                 raise LegacyNotAllowed(
@@ -139,6 +159,18 @@ class KeyClient:
         self._collateral = collateral
         self._quote_source = quote_source
         self._clock = clock
+        #: ``"quote"`` asks the provider for a per-request SGX quote instead of its attested signature.
+        self.evidence = evidence
+        self.attestations = (
+            AttestationCache(transport, trust, verifier, collateral)
+            if isinstance(transport, AttestationSource)
+            else None
+        )
+        self.ratls_verifier = (
+            RaTlsVerifier(trust, verifier, collateral, clock=clock)
+            if isinstance(transport, RaTlsTransport)
+            else None
+        )
 
     @classmethod
     def http(
@@ -152,8 +184,11 @@ class KeyClient:
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
         verify_tls: bool | str = True,
+        evidence: str | None = None,
     ) -> KeyClient:
-        """A client of the HTTP API v1 at ``url`` (``http://host:port`` or ``https://...``)."""
+        """A client of the HTTP API v1 at ``url`` (``http://host:port``, or ``https://...`` through an
+        ordinary TLS front; for the provider's own RA-TLS listener use :meth:`ratls`). ``evidence="quote"``
+        asks for a per-request quote instead of the attested key's signature."""
         return cls(
             HttpTransport(url, timeout=timeout, verify=verify_tls),
             trust,
@@ -161,6 +196,31 @@ class KeyClient:
             collateral,
             quote_source,
             clock=clock,
+            evidence=evidence,
+        )
+
+    @classmethod
+    def ratls(
+        cls,
+        url: str,
+        trust: ProviderTrust,
+        verifier: Verifier,
+        collateral: CollateralSource,
+        quote_source: QuoteSource,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = DEFAULT_TIMEOUT,
+        evidence: str | None = None,
+    ) -> KeyClient:
+        """A client of the provider's RA-TLS listener at ``https://host:port`` (see :mod:`.ratls`)."""
+        return cls(
+            RaTlsTransport(url, timeout=timeout),
+            trust,
+            verifier,
+            collateral,
+            quote_source,
+            clock=clock,
+            evidence=evidence,
         )
 
     @classmethod
@@ -236,36 +296,35 @@ class KeyClient:
         elif scheme is None:
             scheme = DEFAULT_SCHEME
 
+        if self.ratls_verifier is not None:
+            assert isinstance(self.transport, RaTlsTransport)
+            ratls = self.ratls_verifier
+
+            def identity_only(der: bytes) -> None:
+                ratls.verify(der, None)  # the TD's platform is not known before its quote
+
+            self.transport.peer_check = identity_only
         nonce = self.transport.nonce() if freshness else None
         # A fresh key pair for every request: never reused, never stored.
         with EphemeralKeyPair() as secret:
             public = secret.public_key
             report_data = public + (token_binding(nonce) if nonce is not None else bytes(32))
             td = self._own_quote(report_data)
+            channel: list[VerifiedCertificate] = []
+            if self.ratls_verifier is not None:
+                assert isinstance(self.transport, RaTlsTransport)
+                ratls, checked_td = self.ratls_verifier, td
+                self.transport.peer_check = lambda der: channel.append(ratls.verify(der, checked_td))
             answer = self.transport.request(
-                td.quote, key_name=key_name, key_version=key_version, scheme=scheme, nonce=nonce
+                td.quote,
+                key_name=key_name,
+                key_version=key_version,
+                scheme=scheme,
+                nonce=nonce,
+                evidence=self.evidence,
             )
-            verified = verify_provider_quote(
-                answer.provider_quote,
-                trust=self.trust,
-                verifier=self._verifier,
-                collateral=self._collateral,
-                now=int(self._clock()),
-            )
-            if answer.v1 is None:
-                verify_binding_legacy(verified, answer.encrypted_key)
-                used_scheme = LEGACY_SCHEME
-            else:
-                verify_binding_v1(
-                    verified,
-                    answer.v1,
-                    td_quote=td.quote,
-                    key_name=key_name,
-                    key_version=key_version,
-                    scheme=scheme,
-                    trust=self.trust,
-                )
-                used_scheme = answer.v1.scheme
+            verified = self._authenticate(answer, td, key_name, key_version, scheme, channel)
+            used_scheme = LEGACY_SCHEME if answer.v1 is None else answer.v1.scheme
             verify_same_platform(verified, td)
             key = _open(secret, answer.encrypted_key)
         report = verified.quote.enclave_report
@@ -283,6 +342,57 @@ class KeyClient:
             td_tcb_status=answer.v1.tcb_status if answer.v1 is not None else None,
             policy_digest=answer.v1.policy_digest if answer.v1 is not None else None,
         )
+
+    def _authenticate(  # noqa: PLR0917 (one private call site)
+        self,
+        answer: ProviderAnswer,
+        td: TdQuoteInfo,
+        key_name: str,
+        key_version: int,
+        scheme: str,
+        channel: list[VerifiedCertificate],
+    ) -> VerifiedQuote:
+        """Which of the three forms authenticates this answer, checked; the provider quote that stands
+        behind it. An answer none of them authenticates is refused: there is no fourth way."""
+        now = int(self._clock())
+        v1 = answer.v1
+        if v1 is None or v1.evidence == EVIDENCE_QUOTE:
+            verified = verify_provider_quote(
+                answer.provider_quote,
+                trust=self.trust,
+                verifier=self._verifier,
+                collateral=self._collateral,
+                now=now,
+            )
+            if v1 is None:
+                verify_binding_legacy(verified, answer.encrypted_key)
+            else:
+                verify_binding_v1(
+                    verified,
+                    v1,
+                    td_quote=td.quote,
+                    key_name=key_name,
+                    key_version=key_version,
+                    scheme=scheme,
+                    trust=self.trust,
+                )
+            return verified
+        binding = expected_binding_v1(
+            v1, td_quote=td.quote, key_name=key_name, key_version=key_version, scheme=scheme, trust=self.trust
+        )
+        if v1.evidence == EVIDENCE_SIGNATURE:
+            if self.attestations is None:
+                raise ResponseBindingInvalid("a signed answer on a transport without attestations")
+            return self.attestations.check(v1.attestation_id, v1.signature, binding, now).verified
+        if v1.evidence == EVIDENCE_RATLS:
+            if self.ratls_verifier is None or not channel:
+                raise ResponseBindingInvalid(
+                    "the answer claims an attested RA-TLS channel, but it did not come over one"
+                )
+            if not hmac.compare_digest(v1.binding, binding):
+                raise ResponseBindingInvalid("the RA-TLS answer does not bind this request and answer")
+            return channel[-1].legacy
+        raise ResponseBindingInvalid(f"the answer's evidence {v1.evidence!r} is not one this client checks")
 
     def _own_quote(self, report_data: bytes) -> TdQuoteInfo:
         """This TD's quote over ``report_data``, checked, with its platform identity.

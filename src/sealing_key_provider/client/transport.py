@@ -20,6 +20,7 @@ from typing import Final, Protocol
 
 import httpx
 
+from ..attestation import AttestationDocument
 from ..collateral.pccs_client import tls_setting
 from ..config import parse_listen
 from ..errors import BadRequest, ConfigError, ProviderError, RequestTooLarge, TransportError
@@ -68,13 +69,38 @@ class Transport(Protocol):
         ...
 
     def request(
-        self, td_quote: bytes, *, key_name: str, key_version: int, scheme: str | None, nonce: bytes | None
+        self,
+        td_quote: bytes,
+        *,
+        key_name: str,
+        key_version: int,
+        scheme: str | None,
+        nonce: bytes | None,
+        evidence: str | None = None,
     ) -> ProviderAnswer: ...
 
     def close(self) -> None: ...
 
 
 # --- HTTP API v1 ------------------------------------------------------------------------------------
+
+
+def decode_answer(status: int, raw: bytes, path: str) -> object:
+    """The decoded JSON of a 200 answer; :class:`ProviderRefused` with the provider's code otherwise."""
+    try:
+        obj: object = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # a hostile host nests without end
+        obj = None
+    if status != 200:
+        error = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(error, dict) and "code" in error:
+            raise ProviderRefused(str(error.get("code")), str(error.get("message", "")), http_status=status)
+        raise ProviderRefused(
+            "PROVIDER_REFUSED", f"HTTP {status} without an error body from {path}", http_status=status
+        )
+    if obj is None:
+        raise ResponseMalformed(f"provider answer to {path} is not JSON")
+    return obj
 
 
 class HttpTransport:
@@ -158,23 +184,7 @@ class HttpTransport:
             raise TransportError(
                 f"cannot reach the provider at {self.url}: {type(e).__name__}: {e}"
             ) from None
-        raw = b"".join(chunks)
-        try:
-            obj: object = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # a hostile host nests without end
-            obj = None
-        if status != 200:
-            error = obj.get("error") if isinstance(obj, dict) else None
-            if isinstance(error, dict) and "code" in error:
-                raise ProviderRefused(
-                    str(error.get("code")), str(error.get("message", "")), http_status=status
-                )
-            raise ProviderRefused(
-                "PROVIDER_REFUSED", f"HTTP {status} without an error body from {path}", http_status=status
-            )
-        if obj is None:
-            raise ResponseMalformed(f"provider answer to {path} is not JSON")
-        return obj
+        return decode_answer(status, b"".join(chunks), path)
 
     def nonce(self) -> bytes:
         obj = self._call("GET", "/v1/nonce")
@@ -188,11 +198,31 @@ class HttpTransport:
             raise ResponseMalformed("nonce answer holds an empty nonce")
         return token
 
+    def attestation(self) -> AttestationDocument:
+        """``GET /v1/attestation``, parsed (not verified: that is :mod:`.attested`'s job)."""
+        obj = self._call("GET", "/v1/attestation")
+        try:
+            return AttestationDocument.from_json(obj)
+        except (BadRequest, RequestTooLarge) as e:
+            raise ResponseMalformed(f"attestation answer: {e.message}") from None
+
     def request(
-        self, td_quote: bytes, *, key_name: str, key_version: int, scheme: str | None, nonce: bytes | None
+        self,
+        td_quote: bytes,
+        *,
+        key_name: str,
+        key_version: int,
+        scheme: str | None,
+        nonce: bytes | None,
+        evidence: str | None = None,
     ) -> ProviderAnswer:
         body = KeyRequestV1(
-            quote=td_quote, key_name=key_name, key_version=key_version, scheme=scheme, nonce=nonce
+            quote=td_quote,
+            key_name=key_name,
+            key_version=key_version,
+            scheme=scheme,
+            nonce=nonce,
+            evidence=evidence,
         ).to_json()
         obj = self._call("POST", "/v1/keys", body)
         try:
@@ -244,10 +274,19 @@ class LegacyTransport:
         raise ValueError("the legacy protocol has no freshness nonce; use the HTTP API v1")
 
     def request(
-        self, td_quote: bytes, *, key_name: str, key_version: int, scheme: str | None, nonce: bytes | None
+        self,
+        td_quote: bytes,
+        *,
+        key_name: str,
+        key_version: int,
+        scheme: str | None,
+        nonce: bytes | None,
+        evidence: str | None = None,
     ) -> ProviderAnswer:
         if nonce is not None:
             raise ValueError("the legacy protocol cannot carry a freshness nonce")
+        if evidence not in (None, "quote"):
+            raise ValueError("the legacy protocol always answers with a per-request quote")
         deadline = time.monotonic() + self._timeout
         try:
             with socket.create_connection((self.host, self.port), timeout=self._timeout) as sock:

@@ -25,7 +25,7 @@ import hmac
 from dataclasses import dataclass
 
 from ..acceptance import check_acceptable
-from ..binding import RequestContext, verify_report_data_legacy, verify_report_data_v1
+from ..binding import RequestContext, report_data_v1, verify_report_data_legacy, verify_report_data_v1
 from ..collateral.source import CollateralSource, for_quote
 from ..dcap import PckIdentity, Quote, TeeType, VerifiedQuote, Verifier, parse_quote
 from ..dcap.pck import pck_leaf_identity
@@ -152,6 +152,41 @@ def verify_binding_v1(
     provider would honour and bind honestly, giving the TD another key. The request context is then rebuilt from our own TD quote bytes and the response's values,
     so a response for another request, another quote or another policy fails the report-data check.
     """
+    context = request_context_v1(
+        response, td_quote=td_quote, key_name=key_name, key_version=key_version, scheme=scheme, trust=trust
+    )
+    verify_report_data_v1(verified.quote.report_data, response.encrypted_key, context)
+
+
+def expected_binding_v1(
+    response: KeyResponseV1,
+    *,
+    td_quote: bytes,
+    key_name: str,
+    key_version: int,
+    scheme: str,
+    trust: ProviderTrust,
+) -> bytes:
+    """The v1 binding (64 bytes) this answer must carry to be the answer to *our* request, rebuilt
+    from our own TD quote and what we asked for (the same checks as :func:`verify_binding_v1`); what
+    an attested signature must cover, and what an RA-TLS answer must state."""
+    context = request_context_v1(
+        response, td_quote=td_quote, key_name=key_name, key_version=key_version, scheme=scheme, trust=trust
+    )
+    return report_data_v1(response.encrypted_key, context)
+
+
+def request_context_v1(
+    response: KeyResponseV1,
+    *,
+    td_quote: bytes,
+    key_name: str,
+    key_version: int,
+    scheme: str,
+    trust: ProviderTrust,
+) -> RequestContext:
+    """The request context of a v1 answer to our request, after checking what it reports against
+    what we asked for and what ``trust`` requires (policy digest, development mode)."""
     if response.key_name != key_name or response.key_version != key_version:
         raise ResponseBindingInvalid(
             f"provider answered for key {response.key_name!r} version {response.key_version}, "
@@ -175,7 +210,6 @@ def verify_binding_v1(
         )
     except ValueError as e:
         raise ResponseBindingInvalid(f"provider answer cannot be bound: {e}") from None
-    verify_report_data_v1(verified.quote.report_data, response.encrypted_key, context)
     expected = trust.expected_policy_digest
     if expected is not None and not hmac.compare_digest(response.policy_digest, expected):
         raise ProviderIdentityMismatch(
@@ -183,6 +217,7 @@ def verify_binding_v1(
         )
     if response.dev_mode and not trust.allow_dev_mode_provider:
         raise ProviderIdentityMismatch("provider runs in development mode (TD quotes are not verified)")
+    return context
 
 
 def verify_same_platform(verified: VerifiedQuote, td: TdQuoteInfo) -> None:
@@ -198,7 +233,9 @@ def verify_same_platform(verified: VerifiedQuote, td: TdQuoteInfo) -> None:
 
 __all__ = [
     "TdQuoteInfo",
+    "expected_binding_v1",
     "inspect_td_quote",
+    "request_context_v1",
     "verify_binding_legacy",
     "verify_binding_v1",
     "verify_provider_quote",

@@ -1,4 +1,5 @@
-"""Run every listener (legacy TCP and HTTP v1) in one asyncio event loop, and stop them cleanly.
+"""Run every listener (legacy TCP, HTTP v1 and, if configured, HTTPS v1 over RA-TLS) in one asyncio
+event loop, renew the provider's attestation in the background, and stop them cleanly.
 
 The listeners are ours (:mod:`.listener`): we bind their sockets ourselves (binding errors are ours to
 report, tests can bind port 0), and all of them share one event loop, one admission (connection
@@ -19,12 +20,14 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
+from ..attested_key import Attestation
 from ..collateral import CachingSource, CollateralSource
 from ..config import Config, ServerConfig, parse_listen
-from ..errors import ConfigError, RestartRequired
+from ..errors import ConfigError, PlatformError, ProviderError, RestartRequired
 from ..provider import Provider
 from .http_api import create_app
 from .http_server import HttpServer
+from .https import RaTlsContext
 from .legacy import LegacyServer
 from .listener import Listener
 from .metrics import Metrics
@@ -32,6 +35,8 @@ from .service import KeyService
 
 log = logging.getLogger("sealing_key_provider.server")
 
+#: Seconds between two attestation maintenance rounds (renewal due? own quote still verifying?).
+MAINTENANCE_INTERVAL: Final = 60.0
 #: Seconds between summaries of cheap refusals (see :mod:`.refusals`).
 SUMMARY_INTERVAL: Final = 10.0
 
@@ -76,15 +81,22 @@ class ProviderServer:
     ) -> None:
         self.provider = provider
         self.config = config.server
-        self.metrics = Metrics(collateral.stats if isinstance(collateral, CachingSource) else None)
+        self.metrics = Metrics(
+            collateral.stats if isinstance(collateral, CachingSource) else None, provider.quote_stats
+        )
         self.service = KeyService(provider, self.config, self.metrics, on_fatal=self._on_fatal)
         self.app = create_app(self.service)
         self.legacy = LegacyServer(self.service)
         self.http = HttpServer(self.service, self.app)
+        #: The RA-TLS listener: the same API, admission and limits; answers need no quote or signature.
+        self.https = HttpServer(self.service, self.app, scheme="https")
+        self.tls: RaTlsContext | None = None
         self.listeners: list[Listener] = []
         self.exit_code = 0
         self.legacy_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
+        self.https_address: tuple[str, int] | None = None
+        self._maintenance_task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self._cut: asyncio.Event | None = None
         self._grace = shutdown_grace(self.config)
@@ -99,6 +111,7 @@ class ProviderServer:
         self,
         legacy_listen: str | tuple[str, int] | None = None,
         http_listen: str | tuple[str, int] | None = None,
+        https_listen: str | tuple[str, int] | None = None,
     ) -> None:
         """Bind and start the listeners (arguments override the configuration; "" disables one)."""
         self._loop = asyncio.get_running_loop()
@@ -106,14 +119,25 @@ class ProviderServer:
         self._cut = asyncio.Event()
         legacy = self.config.legacy_listen if legacy_listen is None else legacy_listen
         http = self.config.http_listen if http_listen is None else http_listen
-        if not legacy and not http:
-            raise ConfigError("server: both listeners are disabled")
-        legacy_sock = bind(legacy, "server.legacy_listen") if legacy else None
+        https = self.config.https_listen if https_listen is None else https_listen
+        if not legacy and not http and not https:
+            raise ConfigError("server: every listener is disabled")
+        socks: list[socket.socket] = []
         try:
+            legacy_sock = bind(legacy, "server.legacy_listen") if legacy else None
+            socks += [legacy_sock] if legacy_sock is not None else []
             http_sock = bind(http, "server.http_listen") if http else None
-        except ConfigError:
-            if legacy_sock is not None:
-                legacy_sock.close()
+            socks += [http_sock] if http_sock is not None else []
+            https_sock = bind(https, "server.https_listen") if https else None
+            socks += [https_sock] if https_sock is not None else []
+            if https_sock is not None:
+                # The RA-TLS certificate of the current attestation; every renewal brings a new one.
+                self.tls = RaTlsContext()
+                self.tls.load(self.provider.attested.current(self.provider.now()))
+                self.provider.attested.on_change(self._on_attestation)
+        except (ConfigError, PlatformError):
+            for sock in socks:
+                sock.close()
             raise
         if legacy_sock is not None:
             await self.legacy.start(legacy_sock)
@@ -125,7 +149,39 @@ class ProviderServer:
             self.listeners.append(self.http)
             self.http_address = http_sock.getsockname()[:2]
             log.info("listening on %s (HTTP API v1)", _url("http", http_sock))
+        if https_sock is not None and self.tls is not None and self.tls.context is not None:
+            # TLS after admission, the handshake under the I/O deadline (the listener's own rules).
+            await self.https.start(https_sock, tls=self.tls.context)
+            self.listeners.append(self.https)
+            self.https_address = https_sock.getsockname()[:2]
+            log.info("listening on %s (HTTP API v1 over RA-TLS)", _url("https", https_sock))
         self._summaries = asyncio.create_task(self._summarise_refusals())
+        self._maintenance_task = asyncio.create_task(self._maintain())
+
+    def _on_attestation(self, attestation: Attestation) -> None:
+        """A new attestation (worker thread): new connections get its RA-TLS certificate."""
+        tls = self.tls
+        if tls is None:
+            return
+        tls.on_attestation(attestation)
+        if tls.context is not None:
+            self.https.set_tls(tls.context)
+
+    async def _maintain(self) -> None:
+        """Renew the attestation when due (off the request path, in a worker thread); a renewal that
+        Gramine refuses (RESTART_REQUIRED) stops the server like a refused request quote does."""
+        interval = min(MAINTENANCE_INTERVAL, self.provider.attested.lifetime / 8)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.provider.maintain)
+            except RestartRequired as e:
+                self.service.fatal(e)
+                return
+            except ProviderError as e:
+                log.warning("attestation maintenance skipped code=%s reason=%s", e.code, e.message)
+            except Exception:
+                log.exception("attestation maintenance failed")
 
     async def _summarise_refusals(self) -> None:
         while True:
@@ -181,6 +237,8 @@ class ProviderServer:
         cut.cancel()
         if self._summaries is not None:
             self._summaries.cancel()
+        if self._maintenance_task is not None:
+            self._maintenance_task.cancel()
         busy = self.service.close()
         if busy:
             # Worker threads cannot be interrupted (a platform call, a PCCS read); the caller that owns
@@ -225,9 +283,10 @@ class ServerThread:
         server: ProviderServer,
         legacy_listen: str | tuple[str, int] | None = None,
         http_listen: str | tuple[str, int] | None = None,
+        https_listen: str | tuple[str, int] | None = None,
     ) -> None:
         self.server = server
-        self._listen = (legacy_listen, http_listen)
+        self._listen = (legacy_listen, http_listen, https_listen)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.exit_code: int | None = None

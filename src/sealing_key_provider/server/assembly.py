@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..keys import build_registry
 from ..platform import SgxPlatform
 from ..provider import Provider
+from ..ratls import make_ratls_identity
 
 log = logging.getLogger("sealing_key_provider.server")
 
@@ -75,4 +76,6 @@ def build_provider(
         schemes,
         clock=clock,
         dev_mode=config.dev_mode,
+        attestation_lifetime=config.server.attestation_lifetime,
+        tls_factory=make_ratls_identity if config.server.https_listen else None,
     )

@@ -87,13 +87,24 @@ class KeyRequestDoc(BaseModel):
     nonce: str | None = Field(
         None, description="Freshness token from GET /v1/nonce (base64); SHA-256 of it in report_data[32:64]."
     )
+    evidence: str | None = Field(
+        None,
+        description='"quote" for a per-request SGX quote; default: the attested key\'s signature (or '
+        "nothing over RA-TLS, where the channel is attested).",
+    )
 
 
 class KeyResponseDoc(BaseModel):
     model_config = ConfigDict(title="KeyResponse")
 
     encrypted_key: str = Field(description="libsodium sealed box of the 32-byte key to report_data[0:32].")
-    provider_quote: str = Field(description="The provider's SGX quote binding this response (base64).")
+    evidence: str = Field(description='What authenticates this answer: "quote", "signature" or "ratls".')
+    binding: str = Field(description="Hex SHA-256(encrypted_key) || SHA-256(request context).")
+    provider_quote: str | None = Field(None, description='The provider\'s SGX quote over binding ("quote").')
+    signature: str | None = Field(
+        None, description='Ed25519 signature by the attested key over the labelled binding ("signature").'
+    )
+    attestation_id: str | None = Field(None, description='The attestation whose key signed ("signature").')
     scheme: str
     measurements: list[str] = Field(description="TD measurements the key is bound to.")
     key_name: str
@@ -298,8 +309,10 @@ A stateless SGX enclave service that gives Intel TDX VMs (TDs) a stable sealing 
 A TD sends its DCAP quote with an X25519 public key in `report_data[0:32]`. The provider verifies
 the quote, checks that the TD runs on the same physical platform, applies its release policy,
 derives a key from its SGX sealing key and the TD's measurements, and returns it sealed to the TD's
-key, with its own SGX quote binding the response (report data = SHA-256(encrypted_key) ||
-SHA-256(request context)). Errors are `{"error": {"code", "message"}}` with stable codes.
+key. The answer binds SHA-256(encrypted_key) || SHA-256(request context) and is authenticated by a
+signature of the provider's attested key (`GET /v1/attestation`; the default over HTTP), by the RA-TLS
+channel it comes on (the HTTPS listener), or, on request (`"evidence": "quote"`), by a per-request
+SGX quote. Errors are `{"error": {"code", "message"}}` with stable codes.
 """
 
 
@@ -350,6 +363,9 @@ async def _parse_key_request(service: KeyService, request: Request, peer: str) -
         raise
     return KeyRequest(
         quote=parsed.quote,
+        evidence=parsed.evidence,
+        # The listener's own scheme (TLS or not), never a header: a client cannot claim the channel.
+        attested_channel=request.url.scheme == "https",
         scheme=parsed.scheme,
         key_name=DEFAULT_KEY_NAME if parsed.key_name is None else parsed.key_name,
         key_version=DEFAULT_KEY_VERSION if parsed.key_version is None else parsed.key_version,
@@ -397,6 +413,10 @@ def _key_routes(app: FastAPI, service: KeyService) -> None:
             advisory_ids=response.advisory_ids,
             policy_digest=provider.policy_digest,
             dev_mode=response.dev_mode,
+            evidence=response.evidence,
+            binding=response.binding,
+            signature=response.signature,
+            attestation_id=response.attestation_id,
         ).to_json()
         return JSONResponse(body_out, headers=NO_STORE)
 
@@ -417,6 +437,22 @@ def _provider_routes(app: FastAPI, service: KeyService) -> None:
     )
     async def get_info() -> Response:
         return JSONResponse(provider.info())
+
+    @app.get(
+        "/v1/attestation",
+        tags=["provider"],
+        summary="The attested provider key",
+        description=(
+            "The provider's current attestation: its Ed25519 signing key, the SHA-256 of its RA-TLS "
+            "certificate's public key (empty without an HTTPS listener), validity, policy digest, and the "
+            "SGX quote whose report data is SHA-256 of all of them. v1 answers over plain HTTP carry a "
+            "signature by this key and its attestation_id; verify this once and cache it until not_after."
+        ),
+        response_model=None,
+        responses=_responses({"description": "The current attestation."}, 503),
+    )
+    async def get_attestation() -> Response:
+        return JSONResponse(provider.attestation(), headers=NO_STORE)
 
     @app.get(
         "/v1/nonce",

@@ -73,6 +73,11 @@ class Listener:
         self._tls = tls
         self._server = await asyncio.start_server(self._on_connection, sock=sock, limit=64 * 1024)
 
+    def set_tls(self, tls: ssl.SSLContext) -> None:
+        """Use ``tls`` for new connections (the RA-TLS certificate is re-made with every attestation);
+        open ones keep theirs. One assignment, so a worker thread may call it."""
+        self._tls = tls
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         address, peer = peer_of(writer)
         service = self.service

@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..collateral.cache import CacheStats
+from ..provider import QuoteStats
 
 PROTOCOLS: Final = ("legacy", "http")
 OK: Final = "OK"
@@ -24,7 +25,6 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Request latency buckets (seconds): a warm request is a few ms, a cold collateral fetch up to seconds.
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_QUOTE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class _CacheCollector(Collector):
@@ -58,10 +58,37 @@ class _CacheCollector(Collector):
         yield from (hits, misses, errors, entries, stale)
 
 
+class _QuoteCollector(Collector):
+    """``skp_quote_generation_seconds``: every SGX quote the provider made, read from the provider's
+    own counters, so quotes made before the server existed (start-up, first attestation) and off the
+    request path (renewal) count as well as per-request ones: quotes per request = count / requests."""
+
+    def __init__(self, stats: QuoteStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        counts, total = self._stats.snapshot()
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self._stats.buckets, counts, strict=False):
+            running += count
+            buckets.append((repr(float(bound)), running))
+        buckets.append(("+Inf", running + counts[-1]))
+        family = HistogramMetricFamily(
+            "skp_quote_generation_seconds",
+            "Time to generate each of the provider's own SGX quotes (start-up, attestation, renewal and "
+            "per-request quotes).",
+        )
+        family.add_metric([], buckets, total)
+        yield family
+
+
 class Metrics:
     """Every metric the server exports; one instance per running server."""
 
-    def __init__(self, cache_stats: Callable[[], CacheStats] | None = None) -> None:
+    def __init__(
+        self, cache_stats: Callable[[], CacheStats] | None = None, quote_stats: QuoteStats | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "skp_requests",
@@ -74,12 +101,6 @@ class Metrics:
             "Time from a complete request to its answer, by protocol.",
             ("protocol",),
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.quote_generation = Histogram(
-            "skp_quote_generation_seconds",
-            "Time to generate the provider's own SGX quote for one response.",
-            buckets=_QUOTE_BUCKETS,
             registry=self.registry,
         )
         self.in_flight = Gauge(
@@ -101,6 +122,8 @@ class Metrics:
             self._outcome(protocol, OK)
         if cache_stats is not None:
             self.registry.register(_CacheCollector(cache_stats))
+        if quote_stats is not None:
+            self.registry.register(_QuoteCollector(quote_stats))
 
     def _outcome(self, protocol: str, code: str) -> Counter:
         child = self._outcomes.get((protocol, code))
@@ -108,13 +131,11 @@ class Metrics:
             child = self._outcomes[(protocol, code)] = self.requests.labels(protocol, code)
         return child
 
-    def observe(self, protocol: str, code: str, seconds: float, quote_seconds: float | None = None) -> None:
+    def observe(self, protocol: str, code: str, seconds: float) -> None:
         """Count one finished key request (granted: ``code`` is ``OK``)."""
         self._outcome(protocol, code).inc()
         latency = self._latency.get(protocol)
         (latency if latency is not None else self.latency.labels(protocol)).observe(seconds)
-        if quote_seconds is not None:
-            self.quote_generation.observe(quote_seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

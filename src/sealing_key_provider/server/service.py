@@ -135,7 +135,7 @@ class KeyService:
             raise
         finally:
             self.metrics.in_flight.dec()
-        self.metrics.observe(protocol, OK, time.perf_counter() - started, response.quote_seconds)
+        self.metrics.observe(protocol, OK, time.perf_counter() - started)
         return response
 
     def _work_done(self, work: asyncio.Future[KeyResponse]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -33,16 +34,26 @@ DEFAULT_SIM_MRSIGNER: Final = hashlib.sha256(b"gramine-sealing-key-provider/sim/
 class SimSgxPlatform:
     """:class:`~sealing_key_provider.platform.SgxPlatform` over a :class:`SimPlatform`."""
 
-    __slots__ = ("_lock", "enclave", "key_policy", "platform")
+    __slots__ = ("_lock", "enclave", "key_policy", "platform", "quote_latency")
 
     def __init__(
-        self, platform: SimPlatform, enclave: SgxEnclaveIdentity, key_policy: str = "mrenclave"
+        self,
+        platform: SimPlatform,
+        enclave: SgxEnclaveIdentity,
+        key_policy: str = "mrenclave",
+        *,
+        quote_latency_ms: float = 0.0,
     ) -> None:
         if key_policy not in SEAL_KEY_POLICIES:
             raise ValueError(f"key_policy must be one of {SEAL_KEY_POLICIES}, got {key_policy!r}")
         self.platform = platform
         self.enclave = enclave
         self.key_policy = key_policy
+        if not 0 <= quote_latency_ms <= 60_000:
+            raise ValueError("quote_latency_ms must be 0..60000")
+        #: Seconds each quote takes, spent while holding the lock: real quoting enclaves take
+        #: milliseconds to tens of milliseconds per quote and AESM serves them one at a time.
+        self.quote_latency = quote_latency_ms / 1000.0
         # One quote at a time, like Gramine's user_report_data/quote pair: identical behaviour under load.
         self._lock = threading.Lock()
 
@@ -55,6 +66,7 @@ class SimSgxPlatform:
         mrsigner: bytes | None = None,
         key_policy: str = "mrenclave",
         dev_mode: bool = False,
+        quote_latency_ms: float = 0.0,
     ) -> SimSgxPlatform:
         """Load an initialised simulated platform (``sim init`` first) and play the provider enclave.
 
@@ -67,7 +79,7 @@ class SimSgxPlatform:
             mrsigner=mrsigner if mrsigner is not None else DEFAULT_SIM_MRSIGNER,
             isvprodid=DEV_MODE_ISVPRODID if dev_mode else PRODUCTION_ISVPRODID,
         )
-        return cls(platform, enclave, key_policy)
+        return cls(platform, enclave, key_policy, quote_latency_ms=quote_latency_ms)
 
     def report(self, report_data: bytes) -> bytes:
         return self.platform.sgx_report(check_report_data(report_data), enclave=self.enclave)
@@ -75,6 +87,8 @@ class SimSgxPlatform:
     def quote(self, report_data: bytes) -> bytes:
         rd = check_report_data(report_data)
         with self._lock:
+            if self.quote_latency:
+                time.sleep(self.quote_latency)
             return self.platform.sgx_quote(rd, enclave=self.enclave)
 
     def sealing_key(self) -> bytes:

@@ -87,3 +87,33 @@ def test_trust_anchor_argument_accepts_pem_and_der() -> None:
         )
     with pytest.raises(ProviderError):
         Verifier(trust_anchor=b"not a certificate")
+
+
+def test_collateral_issued_is_the_latest_issue_date_cold_and_warm() -> None:
+    """Computed once per collateral (the warm path reads no CRL dates), and equal to what the
+    documents and CRLs say, read independently with cryptography."""
+    from cryptography import x509
+
+    from sealing_key_provider.dcap.collateral import parse_enclave_identity, parse_tcb_info
+
+    from .corpus import cases
+
+    def this_update(data: bytes) -> int:
+        crl = x509.load_pem_x509_crl(data) if data.startswith(b"-----BEGIN") else x509.load_der_x509_crl(data)
+        return int(crl.last_update_utc.timestamp())
+
+    for c in cases():
+        col = c.collateral
+        expected = max(
+            parse_tcb_info(col.tcb_info).issue_date,
+            parse_enclave_identity(col.qe_identity).issue_date,
+            this_update(col.root_ca_crl),
+            this_update(col.pck_crl),
+        )
+        v = Verifier()
+        try:
+            cold = v.verify(c.quote, col, c.now)
+        except ProviderError:
+            continue  # a corpus case that does not verify (no TCB level) has no result
+        warm = v.verify(c.quote, col, c.now)
+        assert cold.collateral_issued == warm.collateral_issued == expected

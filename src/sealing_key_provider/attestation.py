@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .binding import SHA256_SIZE, encode_fields
-from .dcap.abi import REPORT_DATA_SIZE
+from .dcap.abi import MAX_QUOTE_SIZE, REPORT_DATA_SIZE
 from .errors import BadRequest, ResponseBindingInvalid
 
 #: Domain-separation label of the attestation statement (part of the hashed bytes).
@@ -45,8 +45,6 @@ SIGNING_ALGORITHM: Final = "ed25519"
 SIGNING_KEY_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 64
 ATTESTATION_ID_SIZE: Final = 16
-#: Largest quote accepted in an attestation document (Gramine caps quotes at 8 KiB).
-MAX_ATTESTATION_QUOTE: Final = 64 * 1024
 _U64_MAX: Final = 2**64 - 1
 _ID_RE: Final = re.compile(r"[0-9a-f]{32}")
 
@@ -195,8 +193,8 @@ def _b64(value: object) -> bytes:
     """The attestation quote: strict standard base64, bounded before decoding."""
     if not isinstance(value, str):
         raise BadRequest("attestation quote must be a base64 string")
-    if len(value) > (MAX_ATTESTATION_QUOTE * 4) // 3 + 4:
-        raise BadRequest(f"attestation quote is larger than {MAX_ATTESTATION_QUOTE} bytes")
+    if len(value) > (MAX_QUOTE_SIZE * 4) // 3 + 4:
+        raise BadRequest(f"attestation quote is larger than {MAX_QUOTE_SIZE} bytes")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

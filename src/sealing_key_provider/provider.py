@@ -216,6 +216,16 @@ def identity_from_quote(
     )
 
 
+def _evidence_for(request: KeyRequest) -> str:
+    """How the answer is bound: a per-request quote for the legacy protocol (and when asked for), else
+    what the request asked for, else the attested key's signature, or the RA-TLS channel it came on."""
+    if request.legacy:
+        return EVIDENCE_QUOTE
+    if request.evidence is not None:
+        return request.evidence
+    return EVIDENCE_RATLS if request.attested_channel else EVIDENCE_SIGNATURE
+
+
 def measurement_digest(td: TdReport) -> str:
     """A short, non-secret fingerprint of the TD image for logs: SHA-256(MRTD || RTMR0..3), 16 hex."""
     return hashlib.sha256(td.mrtd + td.rtmr0 + td.rtmr1 + td.rtmr2 + td.rtmr3).hexdigest()[:16]
@@ -346,21 +356,8 @@ class Provider:
 
     def _handle(self, request: KeyRequest) -> tuple[KeyResponse, TdReport]:
         # 1. Bound and parse.
-        if len(request.quote) > MAX_QUOTE_SIZE:
-            raise RequestTooLarge(
-                f"quote is {len(request.quote)} bytes; at most {MAX_QUOTE_SIZE} are accepted"
-            )
-        quote = parse_quote(request.quote)
-        if not quote.is_tdx:
-            raise UnsupportedQuote("the provider serves TDX quotes (v4 or v5); this is an SGX quote")
+        quote, scheme, key_name, key_version = self._read_request(request)
         td = quote.td_report
-        scheme = LEGACY_SCHEME if request.legacy else self.schemes.get(request.scheme).name
-        key_name = validate_key_name(request.key_name)
-        key_version = validate_key_version(request.key_version)
-        if request.legacy and (request.scheme not in (None, LEGACY_SCHEME)):
-            raise PolicyDenied("the legacy protocol always uses the legacy-sha256 scheme")
-        if request.evidence is not None and request.evidence not in REQUESTABLE_EVIDENCE:
-            raise BadRequest(f"evidence must be one of {', '.join(REQUESTABLE_EVIDENCE)}")
         # The host sets the clock: never verify collateral or tokens at a time already known to be past.
         now = self.time_floor.check(self._clock())
 
@@ -390,14 +387,10 @@ class Provider:
 
         # 7. Bind the response: in a per-request quote (legacy, or asked for), with the attested key's
         # signature (v1 default), or in nothing more than the attested RA-TLS channel it goes back on.
-        evidence = EVIDENCE_QUOTE
+        evidence = _evidence_for(request)
         if request.legacy:
             report_data = report_data_legacy(encrypted_key)
         else:
-            if request.evidence is None:
-                evidence = EVIDENCE_RATLS if request.attested_channel else EVIDENCE_SIGNATURE
-            else:
-                evidence = request.evidence
             context = RequestContext.for_quote(
                 request.quote,
                 scheme=derived.scheme,
@@ -438,6 +431,24 @@ class Provider:
             ),
             td,
         )
+
+    def _read_request(self, request: KeyRequest) -> tuple[Quote, str, str, int]:
+        """The TD quote (bounded, parsed, TDX), the scheme, key name and version the request names."""
+        if len(request.quote) > MAX_QUOTE_SIZE:
+            raise RequestTooLarge(
+                f"quote is {len(request.quote)} bytes; at most {MAX_QUOTE_SIZE} are accepted"
+            )
+        quote = parse_quote(request.quote)
+        if not quote.is_tdx:
+            raise UnsupportedQuote("the provider serves TDX quotes (v4 or v5); this is an SGX quote")
+        scheme = LEGACY_SCHEME if request.legacy else self.schemes.get(request.scheme).name
+        key_name = validate_key_name(request.key_name)
+        key_version = validate_key_version(request.key_version)
+        if request.legacy and (request.scheme not in (None, LEGACY_SCHEME)):
+            raise PolicyDenied("the legacy protocol always uses the legacy-sha256 scheme")
+        if request.evidence is not None and request.evidence not in REQUESTABLE_EVIDENCE:
+            raise BadRequest(f"evidence must be one of {', '.join(REQUESTABLE_EVIDENCE)}")
+        return quote, scheme, key_name, key_version
 
     def _verify(self, quote: Quote, key_name: str, now: int) -> tuple[str, tuple[str, ...]]:
         # The PCK chain is checked against the trust anchor first (cached per chain), and same platform

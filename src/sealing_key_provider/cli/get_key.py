@@ -372,6 +372,18 @@ def register(subparsers: Any) -> None:
         "so the host can give this TD another TD's key; only for a provider whose policy.allowed_mrtd "
         "lists your images",
     )
+    _identity_arguments(p)
+    _key_arguments(p)
+    _verification_arguments(p)
+    _own_quote_arguments(p)
+    _output_arguments(p)
+    p.add_argument(
+        "--timeout", type=_positive, default=DEFAULT_TIMEOUT, metavar="S", help="network timeout in seconds"
+    )
+    p.set_defaults(handler=_cmd_get_key)
+
+
+def _identity_arguments(p: argparse.ArgumentParser) -> None:
     ident = p.add_argument_group("provider identity (at least one of MRENCLAVE/MRSIGNER is required)")
     ident.add_argument("--expect-mrenclave", type=_hex(32), metavar="HEX", help="the provider's MRENCLAVE")
     ident.add_argument("--expect-mrsigner", type=_hex(32), metavar="HEX", help="the provider's MRSIGNER")
@@ -389,6 +401,9 @@ def register(subparsers: Any) -> None:
     ident.add_argument(
         "--expect-policy-digest", type=_hex(32), metavar="HEX", help="the provider's policy digest (v1)"
     )
+
+
+def _key_arguments(p: argparse.ArgumentParser) -> None:
     key = p.add_argument_group("key")
     key.add_argument("--key-name", default=DEFAULT_KEY_NAME, help=f"key name (default {DEFAULT_KEY_NAME!r})")
     key.add_argument(
@@ -409,6 +424,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="ask for an SGX quote over this answer instead of the attested key's signature (v1)",
     )
+
+
+def _verification_arguments(p: argparse.ArgumentParser) -> None:
     verify = p.add_argument_group("verifying the provider's quote")
     coll = verify.add_mutually_exclusive_group()
     coll.add_argument(
@@ -434,6 +452,9 @@ def register(subparsers: Any) -> None:
         metavar="PEM",
         help="root CA to verify against instead of the pinned Intel SGX Root CA (e.g. the simulator's)",
     )
+
+
+def _own_quote_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_argument_group("the TD's own quote")
     source.add_argument(
         "--quote-source",
@@ -453,12 +474,11 @@ def register(subparsers: Any) -> None:
     source.add_argument("--sim-mrtd", type=_hex(48), metavar="HEX", help="simulated TD's MRTD")
     for i in range(4):
         source.add_argument(f"--sim-rtmr{i}", type=_hex(48), metavar="HEX", help=f"simulated TD's RTMR{i}")
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output (exactly one)")
     dest = out.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", metavar="FILE", help="write the key to a new file with mode 0600")
     dest.add_argument("--hex", action="store_true", help="print the key as hex on stdout")
     out.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.add_argument(
-        "--timeout", type=_positive, default=DEFAULT_TIMEOUT, metavar="S", help="network timeout in seconds"
-    )
-    p.set_defaults(handler=_cmd_get_key)

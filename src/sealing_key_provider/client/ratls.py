@@ -99,7 +99,7 @@ class RaTlsVerifier:
             except ProviderError as e:
                 raise type(e)(f"RA-TLS certificate, {what}: {e.message}", code=e.code) from None
         legacy, tagged = checked
-        if legacy.pck.ppid != tagged.pck.ppid or legacy.quote.enclave_report.mrenclave != (
+        if not legacy.pck.same_platform(tagged.pck) or legacy.quote.enclave_report.mrenclave != (
             tagged.quote.enclave_report.mrenclave
         ):
             raise TransportError(

@@ -382,6 +382,9 @@ class _PreparedCollateral(NamedTuple):
     #: Collateral signing certificates the root CA CRL revokes ("TCB signing", ...).
     revoked: tuple[str, ...]
     windows: tuple[_Window, ...]
+    #: Latest issueDate / thisUpdate of the documents and CRLs (see ``VerifiedQuote.collateral_issued``),
+    #: computed once per collateral: reading a CRL's dates builds datetimes, ~1 us each.
+    issued: int
 
 
 # --- The verifier ---------------------------------------------------------------------------------
@@ -531,12 +534,6 @@ class Verifier:
         ):
             advisories.update(dict.fromkeys(src))
         expiry = min(w.end for w in (*pck.windows, *prepared.windows))
-        issued = max(
-            tcb_info.issue_date,
-            qe_identity.issue_date,
-            int(prepared.root_crl.last_update_utc.timestamp()),
-            int(prepared.pck_crl.last_update_utc.timestamp()),
-        )
         return VerifiedQuote(
             quote=q,
             status=status,
@@ -548,7 +545,7 @@ class Verifier:
             tdx_module_status=module_status,
             tcb_date=level.tcb_date,
             tcb_evaluation_data_number=tcb_info.tcb_evaluation_data_number,
-            collateral_issued=issued,
+            collateral_issued=prepared.issued,
         )
 
     # -- PCK chain ------------------------------------------------------------------------------------
@@ -754,6 +751,8 @@ class Verifier:
         )
 
         tcb_window = _cert_window(tcb_signer.cert, "TCB info signing certificate", False)
+        root_crl_window = self._crl_window(root_crl, "root CA CRL")
+        pck_crl_window = self._crl_window(pck_crl, "PCK CRL")
         windows = (
             self._anchor_window,
             tcb_window,
@@ -761,12 +760,14 @@ class Verifier:
             if qe_signer is tcb_signer
             else _cert_window(qe_signer.cert, "QE identity signing certificate", False),
             _cert_window(crl_ca.cert, "PCK CRL issuer certificate", False),
-            self._crl_window(root_crl, "root CA CRL"),
-            self._crl_window(pck_crl, "PCK CRL"),
+            root_crl_window,
+            pck_crl_window,
             _Window(tcb_info.issue_date, tcb_info.next_update, "TCB info", False),
             _Window(qe_identity.issue_date, qe_identity.next_update, "QE identity", False),
         )
-        return _PreparedCollateral(tcb_info, qe_identity, root_crl, pck_crl, crl_ca, revoked, windows)
+        # A CRL window starts at its thisUpdate.
+        issued = max(tcb_info.issue_date, qe_identity.issue_date, root_crl_window.start, pck_crl_window.start)
+        return _PreparedCollateral(tcb_info, qe_identity, root_crl, pck_crl, crl_ca, revoked, windows, issued)
 
     def _check_revocation(self, pck: _PckChain, c: _PreparedCollateral) -> None:
         try:

@@ -750,6 +750,29 @@ class Verifier:
             if root_crl.get_revoked_certificate_by_serial_number(cert.cert.serial_number) is not None
         )
 
+        windows, issued = self._collateral_windows(
+            tcb_signer=tcb_signer,
+            qe_signer=qe_signer,
+            crl_ca=crl_ca,
+            root_crl=root_crl,
+            pck_crl=pck_crl,
+            tcb_info=tcb_info,
+            qe_identity=qe_identity,
+        )
+        return _PreparedCollateral(tcb_info, qe_identity, root_crl, pck_crl, crl_ca, revoked, windows, issued)
+
+    def _collateral_windows(
+        self,
+        *,
+        tcb_signer: Cert,
+        qe_signer: Cert,
+        crl_ca: Cert,
+        root_crl: x509.CertificateRevocationList,
+        pck_crl: x509.CertificateRevocationList,
+        tcb_info: TcbInfo,
+        qe_identity: EnclaveIdentity,
+    ) -> tuple[tuple[_Window, ...], int]:
+        """The validity windows every use of this collateral re-checks, and its latest issue time."""
         tcb_window = _cert_window(tcb_signer.cert, "TCB info signing certificate", False)
         root_crl_window = self._crl_window(root_crl, "root CA CRL")
         pck_crl_window = self._crl_window(pck_crl, "PCK CRL")
@@ -767,7 +790,7 @@ class Verifier:
         )
         # A CRL window starts at its thisUpdate.
         issued = max(tcb_info.issue_date, qe_identity.issue_date, root_crl_window.start, pck_crl_window.start)
-        return _PreparedCollateral(tcb_info, qe_identity, root_crl, pck_crl, crl_ca, revoked, windows, issued)
+        return windows, issued
 
     def _check_revocation(self, pck: _PckChain, c: _PreparedCollateral) -> None:
         try:

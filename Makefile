@@ -27,8 +27,18 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(PY) -m bench.run --out bench-results.txt
+# The TD side as a TD installs it (`pip install .`, no extras): the command start-up figures are
+# measured there, as get-key runs in a TD.
+TD_VENV := build/td-venv
+TD_STAMP := $(TD_VENV)/.installed
+$(TD_STAMP): pyproject.toml constraints.txt $(shell find src -name '*.py' -o -name '*.pem')
+	test -x $(TD_VENV)/bin/python || $(PYTHON) -m venv $(TD_VENV)
+	$(TD_VENV)/bin/python -m pip install -q -c constraints.txt .
+	$(TD_VENV)/bin/python -m pip install -q --force-reinstall --no-deps .
+	touch $@
+
+bench: $(STAMP) $(TD_STAMP)
+	$(PY) -m bench.run --out bench-results.txt --td-venv $(TD_VENV)
 
 demo: $(STAMP)
 	$(PY) -m sealing_key_provider.demo
@@ -37,14 +47,18 @@ demo: $(STAMP)
 # The original's switches: SGX=1 runs under gramine-sgx on real hardware; DEV_MODE=1 builds a
 # development enclave (dev_mode = true is measured, so its MRENCLAVE and keys differ); DEBUG=1 raises
 # the log level only (the enclave is never a debug enclave). Without SGX=1 the same target runs the
-# provider natively on the simulated platform.
+# provider natively on the simulated platform. A DEV_MODE=1 build gets its own ISVPRODID (1; production
+# is 0), so even signed with the production key it never shares the MRSIGNER sealing key.
 SGX ?=
 DEV_MODE ?= 0
 DEBUG ?= 0
 GRAMINE_DIR := build/gramine
-SIM_STATE ?= build/sim-state
+# The simulator's state directory: by default the one `sim init`, `serve --platform sim` and
+# `get-key --quote-source sim` use, so the get-key line run-provider prints works as it is.
+SIM_STATE ?= $(shell $(PY) -c 'from sealing_key_provider.sim import default_state_dir; print(default_state_dir())')
 LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,info)
 GRAMINE_LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,error)
+ISVPRODID := $(if $(filter 1,$(DEV_MODE)),1,0)
 
 print-mode:
 	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG) ISVPRODID=$(ISVPRODID)"
@@ -70,9 +84,8 @@ ENCLAVE_PYTHON ?= $(shell $(PY) -c 'import sys; print(sys._base_executable)' 2>/
 # Extras of this project whose dependencies the enclave needs (the server's web stack).
 ENCLAVE_EXTRAS ?= server
 PCCS_CA ?=
-# A DEV_MODE=1 build gets its own ISVPRODID (1; production is 0), so even signed with the production key
-# it never shares the MRSIGNER sealing key. Both are SIGSTRUCT fields, measured into the manifest too.
-ISVPRODID ?= $(if $(filter 1,$(DEV_MODE)),1,0)
+# ISVPRODID (above: 1 for DEV_MODE=1, 0 for production) and ISVSVN are SIGSTRUCT fields, and measured
+# into the manifest too.
 ISVSVN ?= 1
 GRAMINE_PKGLIBDIR ?= /usr/lib/x86_64-linux-gnu/gramine
 SGX_SIGNING_KEY ?= $(HOME)/.config/gramine/enclave-key.pem

@@ -207,3 +207,38 @@ def test_serve_on_port_0_prints_its_ports_and_a_get_key_command_that_works_first
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "listening on http://127.0.0.1:" in text and "listening on http://127.0.0.1:0 " not in text
+
+
+def test_plain_http_clients_load_no_ca_bundle_and_trust_nothing() -> None:
+    """get-key's two plain-HTTP clients skip reading the CA bundle; TLS asked of them would fail closed."""
+    import ssl
+
+    from sealing_key_provider.collateral.pccs_client import tls_setting
+
+    context = tls_setting("http://127.0.0.1:8081", True)
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] == 0
+    assert tls_setting("https://pccs.example", True) is True
+    assert tls_setting("http://127.0.0.1:8081", False) is False
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    assert tls_setting("http://127.0.0.1:8081", bundle) == bundle
+
+
+def test_make_run_provider_uses_the_default_simulator_state(tmp_path: Path) -> None:
+    """`make run-provider` and `get-key --quote-source sim` without --sim-state-dir meet in one simulator."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "PY": sys.executable}
+    env.pop("SIM_STATE", None)
+    dry = subprocess.run(
+        ["make", "-s", "-n", "run-provider", f"PY={sys.executable}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    state = tmp_path / "sealing-key-provider" / "sim"
+    assert f"serve --platform sim --state-dir {state} " in dry.stdout
+    assert f"--trust-anchor {state}/root-ca.pem" in dry.stdout
+    assert not state.exists()

@@ -3,6 +3,7 @@ usage errors (exit 2) and failed checks (exit 1 with the code)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -82,9 +83,15 @@ def test_hex_and_file_give_the_same_key(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_legacy_protocol_from_host_port(served: ServedProvider, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run([*base(served, served.legacy_address), "--hex"], capsys)
+def test_legacy_protocol_from_host_port(
+    served: ServedProvider, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    rc, _, err = run([*base(served, served.legacy_address), "--hex"], capsys)
+    assert rc == 1 and "LEGACY_NOT_ALLOWED" in err and "--legacy" in err  # not without asking
+    with caplog.at_level(logging.WARNING, logger="sealing_key_provider.client"):
+        rc, out, err = run([*base(served, served.legacy_address), "--legacy", "--hex"], capsys)
     assert rc == 0, err
+    assert "the provider's answer is not bound to this TD's quote" in caplog.text  # the risk, named
     assert "(the legacy-sha256 key, which has no name or version;" in err
     assert "'default'" not in err and "version 1" not in err  # the legacy protocol has no key names
     rc2, out2, _ = run([*base(served), "--hex", "--scheme", "legacy-sha256"], capsys)
@@ -218,7 +225,7 @@ def test_provider_refusal_and_unreachable_provider_exit_1(
 ) -> None:
     rc, _, err = run([*base(served), "--hex", "--scheme", "no-such-scheme"], capsys)
     assert rc == 1 and "provider refused:" in err and "UNKNOWN_SCHEME" in err
-    rc, _, err = run([*base(served, f"127.0.0.1:{free_port()}"), "--hex"], capsys)
+    rc, _, err = run([*base(served, f"127.0.0.1:{free_port()}"), "--legacy", "--hex"], capsys)
     assert rc == 1 and "TRANSPORT_ERROR" in err
 
 
@@ -385,7 +392,7 @@ def test_legacy_client_on_the_http_port_is_told_to_use_http(
     served: ServedProvider, capsys: pytest.CaptureFixture[str]
 ) -> None:
     http_address = served.http_url.removeprefix("http://")
-    rc, _, err = run([*base(served, http_address), "--hex"], capsys)
+    rc, _, err = run([*base(served, http_address), "--legacy", "--hex"], capsys)
     assert rc == 1
     assert "RESPONSE_MALFORMED: the provider at" in err and "answered with HTTP" in err
     assert f"--provider http://{http_address}" in err and "1213486160" not in err

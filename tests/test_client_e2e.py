@@ -69,6 +69,7 @@ def make_client(
         Verifier(trust_anchor=served.sim.root_certificate),
         FileSource(collateral or served.collateral),
         td or SimTd(served.sim),
+        allow_unbound_legacy=transport.protocol == "legacy",
     )
 
 

@@ -94,6 +94,7 @@ def client(
         SimSource(sim, now, scenario),
         td or SimTd(sim),
         clock=lambda: float(now),
+        allow_unbound_legacy=legacy,
     )
 
 

@@ -8,7 +8,7 @@ import nacl.exceptions
 import nacl.public
 import pytest
 
-from sealing_key_provider.client.secret import EphemeralKeyPair, wipe
+from sealing_key_provider.client.secret import EphemeralKeyPair, fill_random, wipe
 
 
 def test_round_trip_with_libsodium_sealed_box() -> None:
@@ -49,3 +49,22 @@ def test_repr_shows_only_the_public_key() -> None:
     pair = EphemeralKeyPair()
     assert repr(pair) == f"EphemeralKeyPair(public_key={pair.public_key.hex()})"
     assert bytes(pair._secret).hex() not in repr(pair)
+
+
+def test_private_key_is_born_in_its_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No immutable copy of the random private key: os.urandom (which returns bytes) is never used."""
+
+    def refuse(n: int) -> bytes:
+        raise AssertionError("the private key must be read into its buffer, not through os.urandom")
+
+    monkeypatch.setattr(os, "urandom", refuse)
+    pairs = [EphemeralKeyPair() for _ in range(2)]
+    assert all(any(p._secret) for p in pairs) and pairs[0]._secret != pairs[1]._secret
+    box = nacl.public.SealedBox(nacl.public.PublicKey(pairs[0].public_key)).encrypt(b"k" * 32)
+    assert pairs[0].open_sealed_box(box) == b"k" * 32
+
+
+def test_fill_random_fills_the_whole_buffer_in_place() -> None:
+    buffer = bytearray(4096)
+    fill_random(buffer)
+    assert buffer.count(0) < 100  # 4096 random bytes: ~16 zeros expected, not a short read

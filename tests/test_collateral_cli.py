@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sealing_key_provider.cli import main
-from sealing_key_provider.cli.collateral import _SimFactory
+from sealing_key_provider.cli.sim import _SimFactory
 from sealing_key_provider.collateral import FileSource, PccsClient, collateral_next_update, for_quote
 from sealing_key_provider.dcap.abi import parse_quote
 from sealing_key_provider.dcap.collateral import Collateral

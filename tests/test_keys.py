@@ -602,3 +602,50 @@ def test_real_quotes(case_name: str, legacy_hex: str, hkdf_hex: str) -> None:
     assert legacy == original == from_index
     assert legacy.hex() == legacy_hex
     assert HkdfSha256V1().derive(SEALING_KEY, td, "default", 1).key.hex() == hkdf_hex
+
+
+# --- debug TDs and development providers (issue 15) ----------------------------------------------------
+
+#: (debug TD, development provider) -> key for the ``td`` fixture (with DEBUG set for a debug TD),
+#: name "default", version 1. The production entry is the first HKDF vector above, unchanged.
+SEPARATED_VECTORS = {
+    (False, False): "1da952b81401a607c1b5cf1488b2f3a302ceafa34b02626337d8b89d7d1bdfca",
+    (False, True): "ccde7abf62603e4e821fd317e992e02348086aaf2547f25b15b98d758a0ff0e1",
+    (True, False): "a14066b0c87674a01f44b07b296ca0f7baa2f6d3165d6b3fff6d3c958f8978e8",
+    (True, True): "223c060e500f36ea0d271e905de6e766f5661194f7d6becc1b91c7e3022af998",
+}
+
+
+def debug_twin() -> TdReport:
+    """The ``td`` fixture booted as a debug TD: only TD_ATTRIBUTES.DEBUG differs (MRTD, RTMRs equal)."""
+    raw = bytearray(fixed_raw(584))
+    raw[120] |= 0x01  # TD_ATTRIBUTES byte 0, bit 0
+    return parse_td_report(bytes(raw))
+
+
+@pytest.mark.parametrize(("debug", "dev_mode"), sorted(SEPARATED_VECTORS))
+def test_debug_td_and_dev_mode_keys_are_separated_and_frozen(
+    td: TdReport, debug: bool, dev_mode: bool
+) -> None:
+    report = debug_twin() if debug else td
+    assert report.debug is debug and report.mrtd == td.mrtd and report.rtmrs == td.rtmrs
+    key = HkdfSha256V1().derive(SEALING_KEY, report, "default", 1, dev_mode=dev_mode).key
+    assert key.hex() == SEPARATED_VECTORS[(debug, dev_mode)]
+    label = keys.hkdf_v1_label(debug_td=debug, dev_mode=dev_mode)
+    info = hkdf_v1_info([(n, getattr(report, n)) for n in DEFAULT_MEASUREMENTS], "default", 1, label)
+    assert key == rfc5869(SEALING_KEY, label, info, 32)
+
+
+def test_legacy_refuses_debug_tds_whatever_the_policy(td: TdReport) -> None:
+    with pytest.raises(ProviderError) as err:
+        LegacySha256().derive(SEALING_KEY, debug_twin(), "default", 1)
+    assert err.value.code == "TD_DEBUG"
+    assert build_registry().derive(SEALING_KEY, td, scheme=LEGACY_SCHEME, dev_mode=True).key == (
+        LegacySha256().derive(SEALING_KEY, td, "default", 1).key
+    )
+
+
+@pytest.mark.parametrize("name", ["\ud800", "app/\udfff", "a\ud800b"])
+def test_key_name_with_a_lone_surrogate_is_bad_request(name: str) -> None:
+    with pytest.raises(BadRequest):
+        validate_key_name(name)

@@ -274,3 +274,21 @@ def test_no_key_material_in_errors_or_logs(
         for key in (MRENCLAVE_KEY, MRSIGNER_KEY, secret):
             assert key.hex() not in text
             assert repr(key) not in text
+
+
+def test_own_report_is_the_body_of_the_ereport(tmp_path: Path) -> None:
+    """``/dev/attestation/report`` is an sgx_report_t (body 384, KEYID 32, MAC 16) over the report data
+    last written; the platform returns its body, which a quote of this enclave must carry exactly."""
+    (tmp_path / "attestation_type").write_bytes(b"dcap")
+    (tmp_path / "user_report_data").write_bytes(bytes(64))
+    body = bytes(320) + rd("own")
+    (tmp_path / "report").write_bytes(body + b"\x01" * 32 + b"\x02" * 16)
+    p = GraminePlatform(tmp_path)
+    assert p.report(rd("own")) == body
+    assert (tmp_path / "user_report_data").read_bytes() == rd("own")
+    with pytest.raises(PlatformError, match="other report data"):
+        p.report(rd("else"))
+    for size in (431, 433):
+        (tmp_path / "report").write_bytes(bytes(size))
+        with pytest.raises(PlatformError, match="expected 432"):
+            p.report(rd("own"))

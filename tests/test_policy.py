@@ -24,6 +24,7 @@ from sealing_key_provider.errors import (
     AdvisoryDenied,
     ConfigError,
     PolicyDenied,
+    ProviderError,
     TcbStatusRejected,
     TdDebug,
     UnsupportedQuote,
@@ -466,3 +467,18 @@ def test_key_name_matching_is_not_exponential() -> None:
     assert not key_name_matches("**/**/**/**/**/**/x", name)
     assert key_name_matches("**/**/**/**/**/**/a", name)
     assert time.perf_counter() - started < 0.5
+
+
+def test_min_tcb_evaluation_data_number() -> None:
+    """Refuses TCB info from before a chosen TCB recovery; absent from the digest while unset."""
+    p = Policy.from_mapping({"min_tcb_evaluation_data_number": 17})
+    p.check_collateral(17)
+    with pytest.raises(ProviderError) as err:
+        p.check_collateral(16)
+    assert err.value.code == "COLLATERAL_OUTDATED"
+    Policy().check_collateral(0)
+    assert Policy.from_mapping(p.to_mapping()) == p
+    assert "min_tcb_evaluation_data_number" not in Policy().to_mapping()
+    for bad in (True, -1, 2**32, "17", 1.5):
+        with pytest.raises(ConfigError):
+            Policy.from_mapping({"min_tcb_evaluation_data_number": bad})

@@ -327,6 +327,9 @@ class _LyingHost:
         self.real = real
         self.answer = answer
 
+    def report(self, report_data: bytes) -> bytes:
+        return self.real.report(report_data)  # made inside the enclave: the host cannot touch it
+
     def quote(self, report_data: bytes) -> bytes:
         return self.answer(report_data)  # type: ignore[operator,no-any-return]
 
@@ -338,7 +341,7 @@ def test_own_quote_must_carry_the_start_up_nonce(sim: SimPlatform) -> None:
     """A quote made earlier (here over zeros) cannot be replayed as the provider's identity."""
     real = SimSgxPlatform.load(sim.state_dir)
     host = _LyingHost(real, lambda rd: real.quote(bytes(64)))
-    with pytest.raises(PlatformError, match="other report data"):
+    with pytest.raises(PlatformError, match="own report in report_data"):
         Provider(
             host, SimSource(sim), Verifier(trust_anchor=sim.root_certificate), Policy(), build_registry()
         )
@@ -355,8 +358,21 @@ def test_own_quote_from_another_platform_is_refused(sim: SimPlatform, tmp_path: 
     def swap_chain(rd: bytes) -> bytes:
         quote = real.quote(rd)
         chain = parse_quote(quote).pck_chain_pem
-        assert len(chain) == len(other_chain)  # same layout: a byte-for-byte swap keeps sizes valid
-        return quote.replace(chain, other_chain)
+        # The chain is the last field of an SGX v3 quote (certification data type 5). Certificates
+        # differ in length by their DER signatures, so the swap also rewrites the two sizes that
+        # cover it: the certification data size just before it and the signature data length.
+        start = len(quote) - len(chain)
+        assert quote[start:] == chain
+        delta = len(other_chain) - len(chain)
+        cert_size = int.from_bytes(quote[start - 4 : start], "little") + delta
+        sig_len = int.from_bytes(quote[432:436], "little") + delta
+        return (
+            quote[:432]
+            + sig_len.to_bytes(4, "little")
+            + quote[436 : start - 4]
+            + cert_size.to_bytes(4, "little")
+            + other_chain
+        )
 
     host = _LyingHost(real, swap_chain)
     with pytest.raises(PlatformError, match="does not prove its platform") as err:

@@ -164,6 +164,8 @@ RESTART_SCRIPT = textwrap.dedent(
         def __init__(self, inner):
             self.inner = inner
             self.started = False
+        def report(self, report_data):
+            return self.inner.report(report_data)
         def quote(self, report_data):
             # The start-up quote (over a nonce) and readiness quotes (over zeros) pass; requests
             # (bound to a hash of their answer) are refused.

@@ -91,10 +91,20 @@ def test_listening_lines_and_platform_note(server: ServeProcess) -> None:
     text = server.log_text()
     assert f"listening on tcp://127.0.0.1:{server.legacy[1]}" in text
     assert f"listening on http://127.0.0.1:{server.http[1]}" in text
+    # ... and printed on stdout for scripts, apart from the log.
+    printed = server.stdout_text().splitlines()
+    assert printed[:2] == [f"listening legacy 127.0.0.1:{server.legacy[1]}", f"listening http {server.url}"]
     # What a TD pins is logged at start-up (the simulator prints it nowhere else).
     assert f"provider identity mrenclave={DEFAULT_SIM_MRENCLAVE.hex()} mrsigner=" in text
-    # Every line is one JSON object (logging.format = "json").
+    # Every log line is one JSON object (logging.format = "json"); serve's stdout (the bound addresses
+    # and, on the simulator, a get-key command) shares the file here and is not log.
+    stdout = (
+        f"listening legacy 127.0.0.1:{server.legacy[1]}",
+        f"listening http http://127.0.0.1:{server.http[1]}",
+    )
     for line in text.splitlines():
+        if line in stdout or line.startswith(("get a key for a simulated TD", "  ")):
+            continue
         obj = json.loads(line)
         assert {"time", "level", "logger", "message"} <= set(obj)
 

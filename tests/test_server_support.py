@@ -170,7 +170,8 @@ def error_code(response: httpx.Response) -> str:
 
 
 class ServeProcess:
-    """`sealing-key-provider serve` in a subprocess, with its log in a file."""
+    """`sealing-key-provider serve` in a subprocess, with its log (stderr) in a file and what it prints
+    for scripts (stdout: the bound addresses) in another."""
 
     def __init__(
         self, serve_args: Sequence[str], log_path: Path, legacy: tuple[str, int], http: tuple[str, int]
@@ -178,12 +179,14 @@ class ServeProcess:
         self.log_path = log_path
         self.legacy, self.http = legacy, http
         self.url = f"http://{http[0]}:{http[1]}"
+        self.stdout_path = log_path.with_name(log_path.name + ".stdout")
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._stdout = open(self.stdout_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sealing_key_provider.cli", "serve", *serve_args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            stdout=self._stdout,
+            stderr=self._log,
             cwd=ROOT,
             env=env,
         )
@@ -204,6 +207,9 @@ class ServeProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stdout_text(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -213,6 +219,7 @@ class ServeProcess:
             self.proc.kill()
             code = self.proc.wait()
         self._log.close()
+        self._stdout.close()
         return code
 
 

@@ -18,6 +18,7 @@ The ``[policy]`` table is parsed by :meth:`Policy.from_mapping`; see :mod:`.poli
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -48,7 +49,8 @@ def parse_listen(value: str, where: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` → (host, port). Hosts are IP literals or DNS names; port 0 asks
     the system for a free port (the server logs and prints the one it bound)."""
     host, sep, port_s = value.rpartition(":")
-    if not sep or not host or not port_s.isdigit():
+    # ASCII digits, at most 5: str.isdigit() also accepts "²", and int() refuses over 4300 digits.
+    if not sep or not host or not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5:
         raise ConfigError(f"{where} must be host:port, got {value!r}")
     port = int(port_s)
     if not 0 <= port < 65536:
@@ -69,6 +71,8 @@ def parse_listen(value: str, where: str) -> tuple[str, int]:
 
 
 def _positive(value: float, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes "<= 0"; inf never times out
+        raise ConfigError(f"{where} must be a finite number, got {value}")
     if value <= 0:
         raise ConfigError(f"{where} must be positive, got {value}")
 
@@ -237,7 +241,13 @@ def _convert(value: object, hint: Any, where: str) -> object:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ConfigError(f"{where} is too large") from None
+        if not math.isfinite(number):  # TOML has nan and inf; no timeout or rate means either
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string")
@@ -301,6 +311,14 @@ class Config:
             raise ConfigError("[policy] must be a table")
         kwargs["policy"] = Policy.from_mapping(policy)
         kwargs["dev_mode"] = _convert(data.get("dev_mode", False), bool, "dev_mode")
+        if kwargs["dev_mode"] and kwargs["platform"].sealing_key_policy == "mrsigner":
+            # A development build signed with the production key would get the production sealing key
+            # (same MRSIGNER, ISVPRODID, ISVSVN) and release it for quotes it never verified.
+            raise ConfigError(
+                'dev_mode = true cannot be combined with platform.sealing_key_policy = "mrsigner": a '
+                "development build would share the production sealing key and hand out production keys "
+                'for unverified quotes; use sealing_key_policy = "mrenclave" for development'
+            )
         return cls(**kwargs)
 
     @classmethod
@@ -315,6 +333,12 @@ class Config:
             raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"configuration file {str(path)!r} is not UTF-8 text") from None
+        except RecursionError:
+            raise ConfigError(f"configuration file {str(path)!r} nests arrays or tables too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more digits than int() converts
+            raise ConfigError(f"configuration file {str(path)!r} holds an unreadable value: {exc}") from None
         return cls.from_mapping(apply_overrides(data, overrides or {}))
 
     def with_overrides(self, overrides: Mapping[str, object]) -> Config:
@@ -385,4 +409,8 @@ def parse_override(text: str) -> tuple[str, object]:
         value: object = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise ConfigError(f"override {key}: the value nests too deeply") from None
+    except ValueError as exc:  # TOML that Python cannot hold, e.g. an integer of over 4300 digits
+        raise ConfigError(f"override {key}: unreadable value ({exc})") from None
     return key, value

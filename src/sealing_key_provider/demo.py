@@ -143,7 +143,9 @@ class Demo:
 
         def client(source: SimTdQuoteSource, legacy: bool = False) -> KeyClient:
             if legacy:
-                return KeyClient.legacy(f"127.0.0.1:{legacy_port}", trust, verifier, collateral, source)
+                return KeyClient.legacy(
+                    f"127.0.0.1:{legacy_port}", trust, verifier, collateral, source, allow_unbound_legacy=True
+                )
             return KeyClient.http(provider_url, trust, verifier, collateral, source)
 
         td_a = SimTdQuoteSource(platform_a, mrtd=IMAGE_A)

@@ -136,6 +136,21 @@ class CollateralUnavailable(CollateralError):
     http_status = 503
 
 
+class CollateralOutdated(CollateralError):
+    """Collateral from before the TCB recovery the policy requires (``min_tcb_evaluation_data_number``)."""
+
+    code = "COLLATERAL_OUTDATED"
+    http_status = 503
+
+
+class ClockBehindFloor(CollateralError):
+    """The clock reads earlier than the provider's time floor (build time, newest collateral accepted):
+    it was set back, so verifying now could revive expired collateral."""
+
+    code = "CLOCK_BEHIND_FLOOR"
+    http_status = 503
+
+
 # --- Provider policy and request flow ----------------------------------------------------------
 
 
@@ -258,6 +273,13 @@ class ResponseBindingInvalid(ClientError):
 
 class DecryptionFailed(ClientError):
     code = "DECRYPTION_FAILED"
+
+
+class LegacyNotAllowed(ClientError):
+    """A legacy (TCP) provider was named without the explicit opt-in: its answers are not bound to
+    the request, so the host can swap the TD's quote for another TD's and the TD gets that TD's key."""
+
+    code = "LEGACY_NOT_ALLOWED"
 
 
 class TransportError(ClientError):

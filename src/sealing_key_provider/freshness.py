@@ -11,6 +11,10 @@ HKDF under its own label, never the sealing key itself, so that nothing which ve
 turned into an oracle on key material and tokens survive restarts on the same enclave. Within the
 window a token can be reused; it bounds the *age* of a quote, it is not a one-time nonce.
 
+Time is a parameter here; under Gramine the host sets the clock, so a clock set back would keep an
+expired token valid. The provider therefore passes only times that are not below its time floor
+(:mod:`.timefloor`), which every clock reading it has acted on raises.
+
 Token layout (57 bytes): ``version (1) || issued_at (u64 big-endian, Unix seconds) || random (16) ||
 HMAC-SHA256(nonce_key, version || issued_at || random)``.
 """

@@ -14,6 +14,13 @@ Schemes:
 - ``hkdf-sha256-v1``: HKDF-SHA256 with a domain-separated, length-prefixed ``info`` that binds the
   selected measurements (names and values), the key name and the key version; see
   :class:`HkdfSha256V1`.
+
+Keys the host could read are kept apart from production keys. A debug TD (TD_ATTRIBUTES.DEBUG) has
+the same MRTD and RTMRs as the production TD of the same image, but its memory is open to the host;
+a development build of the provider releases keys for unverified quotes. ``hkdf-sha256-v1`` derives
+their keys under their own labels (:func:`hkdf_v1_label`), so they never equal a production key,
+while production keys (and their frozen vectors) stay as they were. ``legacy-sha256`` cannot change,
+so it refuses debug TDs whatever the policy says.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .binding import encode_fields, u32be
 from .dcap.abi import TdReport
-from .errors import BadRequest, PlatformError, PublicKeyInvalid, UnknownScheme
+from .errors import BadRequest, PlatformError, PublicKeyInvalid, TdDebug, UnknownScheme
 
 SEALING_KEY_SIZE: Final = 16
 DERIVED_KEY_SIZE: Final = 32
@@ -46,6 +53,10 @@ DEFAULT_SCHEME: Final = HKDF_SCHEME
 
 #: Salt of ``hkdf-sha256-v1`` and first field of its ``info``. Never change it.
 HKDF_V1_LABEL: Final = b"gramine-sealing-key-provider/hkdf-sha256-v1"
+#: Labels of keys the host could read or obtain, never equal to a production key (see module docstring).
+HKDF_V1_DEBUG_TD_LABEL: Final = HKDF_V1_LABEL + b"/debug-td"
+HKDF_V1_DEV_MODE_LABEL: Final = HKDF_V1_LABEL + b"/dev-mode"
+HKDF_V1_DEV_MODE_DEBUG_TD_LABEL: Final = HKDF_V1_LABEL + b"/dev-mode/debug-td"
 
 DEFAULT_KEY_NAME: Final = "default"
 DEFAULT_KEY_VERSION: Final = 1
@@ -118,7 +129,10 @@ def validate_key_name(name: str) -> str:
     """
     if not isinstance(name, str):
         raise BadRequest("key name must be a string")
-    size = len(name.encode("utf-8"))
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") is a str but not text
+        raise BadRequest("key name is not valid Unicode text (it holds a lone surrogate)") from None
     if not 1 <= size <= MAX_KEY_NAME_BYTES:
         raise BadRequest(f"key name must be 1..{MAX_KEY_NAME_BYTES} bytes, got {size}")
     for segment in name.split("/"):
@@ -175,7 +189,11 @@ class KeyScheme(Protocol):
     @property
     def measurements(self) -> tuple[str, ...]: ...
 
-    def derive(self, sealing_key: bytes, report: TdReport, key_name: str, key_version: int) -> DerivedKey: ...
+    def derive(
+        self, sealing_key: bytes, report: TdReport, key_name: str, key_version: int, *, dev_mode: bool = False
+    ) -> DerivedKey:
+        """The key of ``report`` for this name and version; ``dev_mode``: a development provider asks."""
+        ...
 
 
 def legacy_kdf(sealing_key: bytes, measurements: bytes) -> bytes:
@@ -189,7 +207,11 @@ class LegacySha256:
 
     Its inputs are fixed (MRTD and RTMR0-3, 16 + 5 x 48 = 256 bytes, so no length ambiguity) and it has
     no key names or versions: asking for anything but the defaults is refused, because silently
-    returning the same key for different names would be worse than an error.
+    returning the same key for different names would be worse than an error. It does not bind the
+    TD's DEBUG attribute and never can, so a debug TD is refused (:class:`TdDebug`): otherwise the
+    host could boot the production image as a debug TD and read the production key from its memory.
+    ``dev_mode`` changes nothing here: a development build has its own MRENCLAVE and ISVPRODID, and
+    the configuration refuses it with the MRSIGNER sealing key.
     """
 
     @property
@@ -200,8 +222,16 @@ class LegacySha256:
     def measurements(self) -> tuple[str, ...]:
         return LEGACY_MEASUREMENTS
 
-    def derive(self, sealing_key: bytes, report: TdReport, key_name: str, key_version: int) -> DerivedKey:
+    def derive(
+        self, sealing_key: bytes, report: TdReport, key_name: str, key_version: int, *, dev_mode: bool = False
+    ) -> DerivedKey:
         _check_sealing_key(sealing_key)
+        if report.debug:
+            raise TdDebug(
+                f"the TD runs in debug mode and {LEGACY_SCHEME} cannot keep its key apart from the "
+                "production key of the same image: debug TDs are refused on it whatever the policy says "
+                f"(use {HKDF_SCHEME}, which derives debug keys under their own label)"
+            )
         if key_name != DEFAULT_KEY_NAME or key_version != DEFAULT_KEY_VERSION:
             raise BadRequest(
                 f"scheme {LEGACY_SCHEME} has no key names or versions "
@@ -217,7 +247,17 @@ class LegacySha256:
         )
 
 
-def hkdf_v1_info(measurements: Iterable[tuple[str, bytes]], key_name: str, key_version: int) -> bytes:
+def hkdf_v1_label(*, debug_td: bool = False, dev_mode: bool = False) -> bytes:
+    """Salt and first ``info`` field of ``hkdf-sha256-v1``: :data:`HKDF_V1_LABEL` for a production TD
+    served by a production provider, a label of its own for a debug TD and for a development build."""
+    if dev_mode:
+        return HKDF_V1_DEV_MODE_DEBUG_TD_LABEL if debug_td else HKDF_V1_DEV_MODE_LABEL
+    return HKDF_V1_DEBUG_TD_LABEL if debug_td else HKDF_V1_LABEL
+
+
+def hkdf_v1_info(
+    measurements: Iterable[tuple[str, bytes]], key_name: str, key_version: int, label: bytes = HKDF_V1_LABEL
+) -> bytes:
     """The ``info`` of ``hkdf-sha256-v1``.
 
     ``encode_fields(label, encode_fields(name1, value1, name2, value2, ...), key_name, u32be(version))``:
@@ -228,7 +268,7 @@ def hkdf_v1_info(measurements: Iterable[tuple[str, bytes]], key_name: str, key_v
     for name, value in measurements:
         flat.append(name.encode("ascii"))
         flat.append(value)
-    return encode_fields(HKDF_V1_LABEL, encode_fields(*flat), key_name.encode("utf-8"), u32be(key_version))
+    return encode_fields(label, encode_fields(*flat), key_name.encode("utf-8"), u32be(key_version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +279,7 @@ class HkdfSha256V1:
     reported with every key so a client knows what its key is bound to. The default leaves out RTMR3,
     which the guest can extend at run time (see :data:`DEFAULT_MEASUREMENTS`, audit issue #29).
     Changing the selection changes every key, as it must: the selection is part of ``info``.
+    A debug TD and a development provider derive under labels of their own (:func:`hkdf_v1_label`).
     """
 
     selection: tuple[str, ...] = DEFAULT_MEASUREMENTS
@@ -255,14 +296,17 @@ class HkdfSha256V1:
     def measurements(self) -> tuple[str, ...]:
         return self.selection
 
-    def derive(self, sealing_key: bytes, report: TdReport, key_name: str, key_version: int) -> DerivedKey:
+    def derive(
+        self, sealing_key: bytes, report: TdReport, key_name: str, key_version: int, *, dev_mode: bool = False
+    ) -> DerivedKey:
         _check_sealing_key(sealing_key)
         validate_key_name(key_name)
         validate_key_version(key_version)
+        label = hkdf_v1_label(debug_td=report.debug, dev_mode=dev_mode)
         info = hkdf_v1_info(
-            ((n, measurement_value(report, n)) for n in self.selection), key_name, key_version
+            ((n, measurement_value(report, n)) for n in self.selection), key_name, key_version, label
         )
-        okm = HKDF(algorithm=hashes.SHA256(), length=DERIVED_KEY_SIZE, salt=HKDF_V1_LABEL, info=info).derive(
+        okm = HKDF(algorithm=hashes.SHA256(), length=DERIVED_KEY_SIZE, salt=label, info=info).derive(
             sealing_key
         )
         return DerivedKey(
@@ -310,8 +354,9 @@ class SchemeRegistry:
         scheme: str | None = None,
         key_name: str = DEFAULT_KEY_NAME,
         key_version: int = DEFAULT_KEY_VERSION,
+        dev_mode: bool = False,
     ) -> DerivedKey:
-        return self.get(scheme).derive(sealing_key, report, key_name, key_version)
+        return self.get(scheme).derive(sealing_key, report, key_name, key_version, dev_mode=dev_mode)
 
 
 def build_registry(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from .dcap.abi import Quote, TdReport
-from .errors import AdvisoryDenied, ConfigError, PolicyDenied, TcbStatusRejected, TdDebug
+from .errors import AdvisoryDenied, CollateralOutdated, ConfigError, PolicyDenied, TcbStatusRejected, TdDebug
 
 #: TCB statuses a verifier reports (Intel's names). ``Revoked`` is known but may never be accepted.
 KNOWN_TCB_STATUSES: Final[frozenset[str]] = frozenset(
@@ -124,6 +124,11 @@ class Policy:
     ``key_names``: sorted ``(MRTD hex or "*", patterns)`` pairs; empty means any key name for any TD.
     A TD gets the patterns of its own MRTD plus those of ``"*"``; with a non-empty mapping a TD that
     matches no entry gets no key.
+    ``allow_debug_td``: a debug TD (TD_ATTRIBUTES.DEBUG, memory readable by the host) may get a key.
+    It never gets the production key of its image: ``hkdf-sha256-v1`` derives it under a label of its
+    own, and ``legacy-sha256``, which cannot, refuses debug TDs whatever this says (:mod:`.keys`).
+    ``min_tcb_evaluation_data_number``: collateral (TCB info) older than this TCB recovery is refused,
+    whatever the clock says (0 = any); see :meth:`check_collateral`.
     """
 
     accepted_tcb_statuses: frozenset[str] = DEFAULT_ACCEPTED_TCB_STATUSES
@@ -139,6 +144,7 @@ class Policy:
     key_names: tuple[tuple[str, tuple[str, ...]], ...] = ()
     freshness_required: bool = False
     freshness_window_seconds: int = DEFAULT_FRESHNESS_WINDOW_SECONDS
+    min_tcb_evaluation_data_number: int = 0
 
     def __post_init__(self) -> None:
         # Direct construction is validated like configuration, so no invalid policy can exist.
@@ -156,6 +162,8 @@ class Policy:
                     raise ConfigError(f"policy.key_names.{mrtd}: {exc}") from None
         if self.freshness_window_seconds <= 0:
             raise ConfigError("policy.freshness_window_seconds must be positive")
+        if not 0 <= self.min_tcb_evaluation_data_number <= 0xFFFFFFFF:
+            raise ConfigError("policy.min_tcb_evaluation_data_number must be in 0..4294967295")
 
     # --- construction ----------------------------------------------------------------------
 
@@ -169,6 +177,7 @@ class Policy:
             "key_names",
             "freshness_required",
             "freshness_window_seconds",
+            "min_tcb_evaluation_data_number",
             *(f"allowed_{n}" for n in ALLOWLIST_FIELDS),
         }
         unknown = sorted(set(data) - known)
@@ -206,6 +215,10 @@ class Policy:
         if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
             raise ConfigError(f"{prefix}.freshness_window_seconds must be a positive integer")
         kwargs["freshness_window_seconds"] = window
+        number = data.get("min_tcb_evaluation_data_number", 0)
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= 0xFFFFFFFF:
+            raise ConfigError(f"{prefix}.min_tcb_evaluation_data_number must be an integer in 0..4294967295")
+        kwargs["min_tcb_evaluation_data_number"] = number
         for name in ALLOWLIST_FIELDS:
             values = strings(f"allowed_{name}")
             if values is not None:
@@ -248,6 +261,8 @@ class Policy:
         for name in ALLOWLIST_FIELDS:
             out[f"allowed_{name}"] = sorted(self.allowed(name))
         out["key_names"] = {mrtd: list(patterns) for mrtd, patterns in self.key_names}
+        if self.min_tcb_evaluation_data_number:  # only when set: the digest of older policies stays
+            out["min_tcb_evaluation_data_number"] = self.min_tcb_evaluation_data_number
         return out
 
     # --- queries -----------------------------------------------------------------------------
@@ -276,6 +291,20 @@ class Policy:
         return hashlib.sha256(self.canonical()).digest()
 
     # --- the check ---------------------------------------------------------------------------
+
+    def check_collateral(self, tcb_evaluation_data_number: int) -> None:
+        """Refuse collateral from before the required TCB recovery.
+
+        The host sets the clock, so collateral that has expired can look current to a clock set back;
+        the TCB evaluation data number in Intel's signed TCB info cannot be set back. Raising the
+        minimum after a TCB recovery refuses every older TCB info for good.
+        """
+        if tcb_evaluation_data_number < self.min_tcb_evaluation_data_number:
+            raise CollateralOutdated(
+                f"the TCB info has TCB evaluation data number {tcb_evaluation_data_number}; the policy "
+                f"requires at least {self.min_tcb_evaluation_data_number} (collateral from before that "
+                "TCB recovery)"
+            )
 
     def check(self, verified: VerifiedTdQuote, key_name: str) -> None:
         """Raise the first policy failure for this verified TD quote and key name, else return."""

@@ -48,8 +48,9 @@ from .keys import (
     validate_key_name,
     validate_key_version,
 )
-from .platform import SgxPlatform
+from .platform import DEV_MODE_ISVPRODID, SgxPlatform, attested_quote
 from .policy import Policy
+from .timefloor import TimeFloor
 
 log = logging.getLogger("sealing_key_provider.provider")
 audit = logging.getLogger("sealing_key_provider.audit")
@@ -125,10 +126,11 @@ def identity_from_quote(
     The quote comes back through the host (Gramine hands the report to the host's quoting enclave), so
     a hostile host could answer with another platform's quote or certificate chain and make the
     provider believe it runs elsewhere: the same-platform check would then admit that platform's TDs.
-    Hence, in production, ``report_data`` is a fresh nonce the quote must carry (no replay of a quote
-    made elsewhere) and ``verifier`` proves the platform (PCK chain to the trust anchor, QE report
-    signed by that PCK key, quote signed by the key the QE report binds): only then is its PCK identity
-    this platform's. Without a verifier (development mode) the PCK certificate is read unverified.
+    Hence the quote must come from :func:`~.platform.attested_quote` (its body is this enclave's own
+    report, so it is a quote of this enclave and no other), ``report_data`` is a fresh nonce the quote
+    must carry (no replay of a quote made earlier) and, in production, ``verifier`` proves the platform
+    (PCK chain to the trust anchor, QE report signed by that PCK key, quote signed by the key the QE
+    report binds): only then is its PCK identity this platform's. Without a verifier (development mode) the PCK certificate is read unverified.
     """
     q = parse_quote(own_quote)
     if q.header.tee_type != TeeType.SGX:
@@ -182,6 +184,7 @@ class Provider:
         *,
         clock: Callable[[], float] = time.time,
         dev_mode: bool = False,
+        time_floor: TimeFloor | None = None,
     ) -> None:
         self._platform = platform
         self._collateral = collateral
@@ -190,10 +193,27 @@ class Provider:
         self.schemes = schemes
         self._clock = clock
         self.dev_mode = dev_mode
+        #: Time below which the clock is not believed (it only rises): see :mod:`.timefloor`.
+        self.time_floor = time_floor if time_floor is not None else TimeFloor()
         self.policy_digest = policy.digest()
+        if dev_mode and getattr(platform, "key_policy", None) == "mrsigner":
+            # The configuration refuses this pair; a provider built by hand must not slip through.
+            raise PlatformError(
+                "development mode with the MRSIGNER sealing key would share the production sealing key; "
+                "use the MRENCLAVE key policy for development"
+            )
         # The provider's PCK identity comes from its own quote, once: one quote generation per request.
         nonce = secrets.token_bytes(64)
-        self.identity = identity_from_quote(platform.quote(nonce), nonce, None if dev_mode else verifier)
+        self.identity = identity_from_quote(
+            attested_quote(platform, nonce), nonce, None if dev_mode else verifier
+        )
+        if dev_mode and self.identity.isvprodid != DEV_MODE_ISVPRODID:
+            log.warning(
+                "DEVELOPMENT MODE in an enclave with ISVPRODID %d, not the development ISVPRODID %d: "
+                "sign development builds with DEV_MODE=1",
+                self.identity.isvprodid,
+                DEV_MODE_ISVPRODID,
+            )
         # Read once: a per-request read would add I/O on the hot path and the key cannot change while
         # the enclave runs (same MRENCLAVE, same CPUSVN until a reboot).
         self._sealing_key = platform.sealing_key()
@@ -253,7 +273,8 @@ class Provider:
         key_version = validate_key_version(request.key_version)
         if request.legacy and (request.scheme not in (None, LEGACY_SCHEME)):
             raise PolicyDenied("the legacy protocol always uses the legacy-sha256 scheme")
-        now = self._clock()
+        # The host sets the clock: never verify collateral or tokens at a time already known to be past.
+        now = self.time_floor.check(self._clock())
 
         # 2-4. Verify, apply policy, same platform (production only).
         status: str = UNVERIFIED
@@ -261,7 +282,7 @@ class Provider:
         if self.dev_mode:
             log.warning("DEVELOPMENT MODE: serving an UNVERIFIED TD quote (td=%s)", measurement_digest(td))
         else:
-            status, advisories = self._verify(quote, key_name, int(now))
+            status, advisories = self._verify(quote, key_name, now)
         if self.policy.freshness_required or request.nonce is not None:
             if request.nonce is None:
                 raise FreshnessError("this provider requires a freshness token: GET /v1/nonce first")
@@ -270,7 +291,12 @@ class Provider:
         # 5-6. Derive, then seal to the TD's key (validated before any key is derived).
         recipient = recipient_key_from_report_data(td.report_data)
         derived = self.schemes.derive(
-            self._sealing_key, td, scheme=scheme, key_name=key_name, key_version=key_version
+            self._sealing_key,
+            td,
+            scheme=scheme,
+            key_name=key_name,
+            key_version=key_version,
+            dev_mode=self.dev_mode,
         )
         encrypted_key = seal(derived.key, recipient)
 
@@ -291,7 +317,7 @@ class Provider:
             )
             report_data = report_data_v1(encrypted_key, context)
         started = time.perf_counter()
-        provider_quote = self._platform.quote(report_data)
+        provider_quote = attested_quote(self._platform, report_data)
         quote_seconds = time.perf_counter() - started
 
         # 8. Answer with what was applied.
@@ -332,6 +358,8 @@ class Provider:
                 f"collateral source (PCCS or file): {e.message}"
             ) from e
         verified = self._verifier.verify(quote, collateral, now)
+        # Accepted at a time not below the floor: its issue date is now a time known to have passed.
+        self.time_floor.raise_to(verified.collateral_issued)
         # Same platform before policy: TDs of other machines never reach policy code (nor learn the
         # policy from its error codes).
         if verified.pck.ppid != mine.pck.ppid or verified.pck.fmspc != mine.pck.fmspc:
@@ -341,6 +369,7 @@ class Provider:
             )
         if quote.header.qe_id != mine.qe_id:
             raise PlatformMismatch("the TD's quoting enclave has another QE ID than the provider's")
+        self.policy.check_collateral(verified.tcb_evaluation_data_number)
         self.policy.check(verified, key_name)
         td = quote.td_report
         if td.mrservicetd is not None and any(td.mrservicetd):
@@ -352,8 +381,8 @@ class Provider:
 
     def issue_nonce(self) -> tuple[bytes, int]:
         """A freshness token and its expiry (Unix seconds)."""
-        now = self._clock()
-        return self.freshness.issue(now), int(now) + self.policy.freshness_window_seconds
+        now = self.time_floor.check(self._clock())
+        return self.freshness.issue(now), now + self.policy.freshness_window_seconds
 
     def info(self) -> dict[str, object]:
         return {
@@ -371,7 +400,7 @@ class Provider:
 
         Returns {check: "ok"} or raises the first failure (the HTTP layer turns it into 503).
         """
-        identity_from_quote(self._platform.quote(bytes(64)))
+        identity_from_quote(attested_quote(self._platform, bytes(64)))
         if not self.dev_mode:
             collateral = self._collateral.get("tdx", self.identity.pck.fmspc, self.identity.pck.ca_type)
             del collateral

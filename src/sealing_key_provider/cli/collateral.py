@@ -1,4 +1,4 @@
-"""``collateral fetch`` and the ``sim pccs`` server command.
+"""``collateral fetch``: a quote's collateral from a PCCS, into a file.
 
 ``collateral fetch`` turns a quote into a collateral file by asking a PCCS (or Intel PCS) the same
 questions the provider asks, so an offline host can be prepared from a connected one and the file
@@ -9,13 +9,11 @@ leaves half a file where the provider expects collateral.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ProviderError
+from ..errors import ProviderError
 from .common import (
     InputFileError,
     pccs_url_arg,
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
     from ..collateral.pccs_client import PccsClient
     from ..collateral.source import CollateralKey
     from ..dcap.collateral import Collateral
-    from ..sim import SimPlatform
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,78 +113,3 @@ def register(subparsers: Any) -> None:
     fetch.add_argument("--out", required=True, metavar="FILE", help="where to write the collateral JSON")
     add_client_arguments(fetch)
     fetch.set_defaults(handler=_cmd_fetch)
-
-
-# --- sim pccs ------------------------------------------------------------------------------------
-
-
-def _cmd_pccs(args: argparse.Namespace) -> int:
-    from ..sim.pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog, parse_listen
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        host, port = parse_listen(args.listen)
-        if args.collateral and args.state_dir:
-            raise ConfigError("give either --collateral or --state-dir, not both")
-        if args.collateral:
-            catalog: StaticCatalog | RegeneratingCatalog = StaticCatalog.from_file(args.collateral)
-        else:
-            catalog = RegeneratingCatalog(_sim_factory(args.state_dir, args.scenario), time.time)
-            catalog.entries()  # generate now, so a broken state directory fails at start-up
-        server = PccsServer(catalog, host, port, tls_cert=args.tls_cert, tls_key=args.tls_key)
-    except ProviderError as e:
-        return report_failure(e)
-    except OSError as e:
-        return report_failure(e, f"cannot listen on {args.listen}")
-    # The URL on stdout, once serving, lets scripts use --listen HOST:0 and learn the port.
-    server.serve_until_signalled(on_ready=lambda: print(server.url, flush=True))
-    return 0
-
-
-class _SimFactory:
-    """Adapts the simulated platform to :class:`~.pccs_server.CollateralFactory`."""
-
-    def __init__(self, platform: SimPlatform, scenario: str) -> None:
-        self._platform = platform
-        self._scenario = scenario
-
-    def collateral(self, tee: str, now: int) -> Collateral:
-        return self._platform.collateral(tee, now=now, scenario=self._scenario)
-
-
-def _sim_factory(state_dir: str | None, scenario: str) -> _SimFactory:
-    from ..sim import SimPlatform
-
-    return _SimFactory(SimPlatform.load(state_dir), scenario)
-
-
-def add_pccs_parser(sim_subparsers: Any) -> None:
-    """Add ``pccs`` under the ``sim`` command (called from :mod:`.sim`)."""
-    from ..sim import Scenario
-
-    pccs = sim_subparsers.add_parser(
-        "pccs",
-        help="serve collateral over the PCCS v4 HTTP API",
-        description=(
-            "Serve the PCS v4 collateral endpoints (tcb, qe/identity, pckcrl, rootcacrl) from the simulated "
-            "platform in --state-dir, or from a recorded collateral file (--collateral)."
-        ),
-    )
-    pccs.add_argument(
-        "--state-dir", metavar="DIR", help="simulated platform state directory (default: sim's)"
-    )
-    pccs.add_argument(
-        "--scenario",
-        default=Scenario.UP_TO_DATE.value,
-        choices=[s.value for s in Scenario],
-        help="collateral situation of the simulated platform (default up-to-date)",
-    )
-    pccs.add_argument(
-        "--collateral", metavar="FILE", help="serve this collateral file instead of the simulator's"
-    )
-    pccs.add_argument(
-        "--listen", default="127.0.0.1:8081", metavar="HOST:PORT", help="default 127.0.0.1:8081"
-    )
-    pccs.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
-    pccs.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert, if not in the same file")
-    pccs.set_defaults(handler=_cmd_pccs)

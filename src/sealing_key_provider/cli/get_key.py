@@ -1,7 +1,10 @@
 """``sealing-key-provider get-key``: fetch this TD's key from the provider, check it, and store it.
 
 The protocol follows from ``--provider``: an ``http://`` or ``https://`` URL speaks the HTTP API v1,
-``HOST:PORT`` the original's TCP protocol. The provider's identity must be pinned with
+``HOST:PORT`` the original's TCP protocol, which is refused unless ``--legacy`` is given: its answers
+are not bound to the request, so the host can give this TD another TD's key (a warning says so).
+The scheme is always sent (``hkdf-sha256-v1`` unless ``--scheme`` names another) and the answer must
+name it. The provider's identity must be pinned with
 ``--expect-mrenclave`` and/or ``--expect-mrsigner``: a key from an enclave nobody named is worthless.
 
 The key goes to a new file created with mode 0600 (never over an existing file unless ``--force``,
@@ -33,7 +36,7 @@ from ..collateral import CollateralSource, FileSource
 from ..collateral.build import build_source
 from ..config import DEFAULT_PCCS_URL
 from ..errors import ConfigError, ProviderError
-from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, LEGACY_SCHEME, MAX_KEY_VERSION
+from ..keys import DEFAULT_KEY_NAME, DEFAULT_KEY_VERSION, DEFAULT_SCHEME, LEGACY_SCHEME, MAX_KEY_VERSION
 from ..policy import DEFAULT_ACCEPTED_TCB_STATUSES, KNOWN_TCB_STATUSES
 from .common import (
     InputFileError,
@@ -189,6 +192,8 @@ def _check_usage(args: argparse.Namespace) -> str | None:
         problem = _check_provider_url(args.provider)
         if problem is not None:
             return problem
+        if args.legacy:
+            return "--legacy applies to a HOST:PORT --provider (the legacy TCP protocol) only"
     else:
         if "://" in args.provider:
             return f"--provider must be an http(s):// URL or HOST:PORT, got {args.provider!r}"
@@ -312,7 +317,10 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
             return _usage(e.message)
     try:
         quotes = _quote_source(args)
-        with KeyClient(_transport(args), trust, verifier, collateral, quotes) as client:
+        # With --legacy the SDK logs a warning that names the risk (stderr: no logging is configured).
+        with KeyClient(
+            _transport(args), trust, verifier, collateral, quotes, allow_unbound_legacy=args.legacy
+        ) as client:
             result: ProviderKey = client.fetch(
                 args.key_name, args.key_version, args.scheme, freshness=args.freshness
             )
@@ -370,7 +378,14 @@ def register(subparsers: Any) -> None:
         "--provider",
         required=True,
         metavar="URL|HOST:PORT",
-        help="http(s)://host:port for the HTTP API v1, or HOST:PORT for the legacy TCP protocol",
+        help="http(s)://host:port for the HTTP API v1, or HOST:PORT for the legacy TCP protocol (with --legacy)",
+    )
+    p.add_argument(
+        "--legacy",
+        action="store_true",
+        help="accept a HOST:PORT provider (legacy protocol): its answer is not bound to this TD's quote, "
+        "so the host can give this TD another TD's key; only for a provider whose policy.allowed_mrtd "
+        "lists your images",
     )
     ident = p.add_argument_group("provider identity (at least one of MRENCLAVE/MRSIGNER is required)")
     ident.add_argument("--expect-mrenclave", type=_hex(32), metavar="HEX", help="the provider's MRENCLAVE")
@@ -398,7 +413,11 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_KEY_VERSION,
         help=f"key version, 0..{MAX_KEY_VERSION} (default {DEFAULT_KEY_VERSION})",
     )
-    key.add_argument("--scheme", help="derivation scheme (default: the provider's default, v1)")
+    key.add_argument(
+        "--scheme",
+        help=f"derivation scheme, sent and required in the answer (default {DEFAULT_SCHEME}; legacy: "
+        f"{LEGACY_SCHEME})",
+    )
     key.add_argument("--freshness", action="store_true", help="bind a provider nonce into the TD quote (v1)")
     verify = p.add_argument_group("verifying the provider's quote")
     coll = verify.add_mutually_exclusive_group()
@@ -435,7 +454,12 @@ def register(subparsers: Any) -> None:
             "configfs or tdx-guest: only that one; sim: a simulated TD"
         ),
     )
-    source.add_argument("--sim-state-dir", metavar="DIR", help="simulated platform state directory")
+    source.add_argument(
+        "--sim-state-dir",
+        metavar="DIR",
+        help="simulated platform state directory (default: $XDG_DATA_HOME/sealing-key-provider/sim, the "
+        "one sim init, serve --platform sim and make run-provider use)",
+    )
     source.add_argument("--sim-mrtd", type=_hex(48), metavar="HEX", help="simulated TD's MRTD")
     for i in range(4):
         source.add_argument(f"--sim-rtmr{i}", type=_hex(48), metavar="HEX", help=f"simulated TD's RTMR{i}")

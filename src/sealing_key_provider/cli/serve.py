@@ -26,7 +26,7 @@ from typing import Final
 
 from ..collateral import CollateralSource
 from ..config import LOG_FORMATS, LOG_LEVELS, Config, PlatformConfig, apply_overrides
-from ..errors import ConfigError, ProviderError, RestartRequired
+from ..errors import ConfigError, PlatformError, ProviderError, RestartRequired
 from ..platform import SgxPlatform
 from ..provider import Provider
 from ..server.app import ProviderServer
@@ -160,6 +160,10 @@ def open_platform(config: PlatformConfig, *, dev_mode: bool = False) -> SgxPlatf
     The composition root of ``serve``: backends are imported here, when chosen, so that production
     never loads the simulator and the simulator never needs Gramine's files.
     """
+    if dev_mode and config.sealing_key_policy == "mrsigner":
+        # The configuration refuses this pair too: a development build must never open the key that
+        # every production build signed with the same key and ISVPRODID shares.
+        raise PlatformError("development mode does not open the MRSIGNER sealing key; use the MRENCLAVE key")
     if config.kind == "gramine":
         from ..platform.gramine import GraminePlatform
 
@@ -258,7 +262,9 @@ def announce(server: ProviderServer, config: Config, provider: Provider) -> None
     if http is not None:
         print(f"listening http http://{http}")
     command = get_key_command(config, provider, http, legacy)
-    if command is not None:
+    if command is not None and config.dev_mode:
+        print("development mode: get-key refuses this provider's answers (they skip TD quote checks)")
+    elif command is not None:
         print(f"get a key for a simulated TD of this platform:\n  {command}")
     sys.stdout.flush()
 

@@ -1,4 +1,4 @@
-"""``sealing-key-provider sim init|quote|collateral`` (and ``sim pccs``, owned by the collateral package).
+"""``sealing-key-provider sim init|quote|collateral|pccs``: the simulated platform from the command line.
 
 Thin wrappers over :class:`~sealing_key_provider.sim.SimPlatform`. Hex arguments are checked by
 argparse, so a malformed value is a usage error (exit 2) before anything is touched; a missing or
@@ -9,16 +9,20 @@ damaged state directory is exit 1 with the error code. This is the edge: reading
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..dcap.abi import BodyType
-from ..errors import ProviderError
+from ..errors import ConfigError, ProviderError
 from ..sim.collateral import Scenario
 from ..sim.platform import DEBUG_SGX_ATTRIBUTES, DEFAULT_SGX_ATTRIBUTES, SgxEnclaveIdentity, SimPlatform
 from ..sim.state import default_state_dir
 from .common import hex_arg, report_failure, u16_arg, usage_error, write_atomically
+
+if TYPE_CHECKING:
+    from ..dcap.collateral import Collateral
 
 _hex = hex_arg
 _u16 = u16_arg
@@ -192,7 +196,75 @@ def register(subparsers: Any) -> None:
     coll.add_argument("--out", required=True, metavar="FILE")
     coll.set_defaults(handler=_cmd_collateral)
 
-    # ``sim pccs`` belongs to the collateral package (PCCS server); it plugs in here.
-    from .collateral import add_pccs_parser
-
     add_pccs_parser(sim_sub)
+
+
+# --- sim pccs ------------------------------------------------------------------------------------
+
+
+def _cmd_pccs(args: argparse.Namespace) -> int:
+    from ..sim.pccs_server import PccsServer, RegeneratingCatalog, StaticCatalog, parse_listen
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        host, port = parse_listen(args.listen)
+        if args.collateral and args.state_dir:
+            raise ConfigError("give either --collateral or --state-dir, not both")
+        if args.collateral:
+            catalog: StaticCatalog | RegeneratingCatalog = StaticCatalog.from_file(args.collateral)
+        else:
+            catalog = RegeneratingCatalog(_sim_factory(args.state_dir, args.scenario), time.time)
+            catalog.entries()  # generate now, so a broken state directory fails at start-up
+        server = PccsServer(catalog, host, port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except ProviderError as e:
+        return report_failure(e)
+    except OSError as e:
+        return report_failure(e, f"cannot listen on {args.listen}")
+    # The URL on stdout, once serving, lets scripts use --listen HOST:0 and learn the port.
+    server.serve_until_signalled(on_ready=lambda: print(server.url, flush=True))
+    return 0
+
+
+class _SimFactory:
+    """Adapts the simulated platform to :class:`~sealing_key_provider.sim.pccs_server.CollateralFactory`."""
+
+    def __init__(self, platform: SimPlatform, scenario: str) -> None:
+        self._platform = platform
+        self._scenario = scenario
+
+    def collateral(self, tee: str, now: int) -> Collateral:
+        return self._platform.collateral(tee, now=now, scenario=self._scenario)
+
+
+def _sim_factory(state_dir: str | None, scenario: str) -> _SimFactory:
+    return _SimFactory(SimPlatform.load(state_dir), scenario)
+
+
+def add_pccs_parser(sim_subparsers: Any) -> None:
+    """Add ``pccs`` under the ``sim`` command."""
+    pccs = sim_subparsers.add_parser(
+        "pccs",
+        help="serve collateral over the PCCS v4 HTTP API",
+        description=(
+            "Serve the PCS v4 collateral endpoints (tcb, qe/identity, pckcrl, rootcacrl) from the simulated "
+            "platform in --state-dir, or from a recorded collateral file (--collateral)."
+        ),
+    )
+    pccs.add_argument(
+        "--state-dir", metavar="DIR", help="simulated platform state directory (default: sim's)"
+    )
+    pccs.add_argument(
+        "--scenario",
+        default=Scenario.UP_TO_DATE.value,
+        choices=[s.value for s in Scenario],
+        help="collateral situation of the simulated platform (default up-to-date)",
+    )
+    pccs.add_argument(
+        "--collateral", metavar="FILE", help="serve this collateral file instead of the simulator's"
+    )
+    pccs.add_argument(
+        "--listen", default="127.0.0.1:8081", metavar="HOST:PORT", help="default 127.0.0.1:8081"
+    )
+    pccs.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    pccs.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert, if not in the same file")
+    pccs.set_defaults(handler=_cmd_pccs)

@@ -7,6 +7,17 @@ Usage::
     with KeyClient.http("http://127.0.0.1:8080", trust, Verifier(), collateral, detect_quote_source()) as c:
         key = c.get_key("app/db", key_version=1)          # 32 bytes
 
+Only the HTTP API v1 binds an answer to the request it answers (the TD's exact quote, the scheme, the
+key name and version, the policy). The original's TCP protocol binds only the ciphertext: the host can
+swap the TD's quote for a quote of another TD image on the same machine that carries this TD's public
+key, and the TD receives *that* image's key, which that TD can fetch again whenever it likes. A legacy
+provider is therefore refused unless the caller opts in (``allow_unbound_legacy=True``), and then a
+warning names the risk; providers serving legacy clients must restrict ``policy.allowed_mrtd``.
+
+The scheme is always sent (:data:`~..keys.DEFAULT_SCHEME` when none is named) and the answer must
+name the same one: otherwise the host could rewrite the request to another scheme, which the provider
+would honour and bind honestly, and the TD would get a different key than before.
+
 Per request: a fresh X25519 key pair (a key pair is never reused, so a leaked one exposes one answer);
 ``report_data = public key || SHA-256(freshness token)`` (or 32 zero bytes); the TD quote from the
 quote source; the request; then every check of :mod:`.verify`; only then the sealed box is opened.
@@ -33,11 +44,12 @@ import nacl.public
 
 from ..collateral.source import CollateralSource
 from ..dcap import Verifier
-from ..errors import DecryptionFailed, ProviderError
+from ..errors import DecryptionFailed, LegacyNotAllowed, ProviderError
 from ..freshness import token_binding
 from ..keys import (
     DEFAULT_KEY_NAME,
     DEFAULT_KEY_VERSION,
+    DEFAULT_SCHEME,
     DERIVED_KEY_SIZE,
     LEGACY_SCHEME,
     SEALED_BOX_OVERHEAD,
@@ -61,6 +73,14 @@ log = logging.getLogger("sealing_key_provider.client")
 
 #: 32-byte key + sealed-box overhead (ephemeral public key and Poly1305 tag).
 ENCRYPTED_KEY_SIZE: Final = DERIVED_KEY_SIZE + SEALED_BOX_OVERHEAD
+
+#: What an explicit legacy opt-in is told (logged at WARNING; ``get-key --legacy`` shows it on stderr).
+LEGACY_RISK_WARNING: Final = (
+    "legacy protocol: the provider's answer is not bound to this TD's quote: the host can swap the "
+    "quote for one of another TD image on this machine that carries this TD's public key, and this TD "
+    "then receives that image's key (which that TD can also fetch). Use it only with a provider whose "
+    "policy.allowed_mrtd lists your own images, or use the HTTP API v1"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +120,17 @@ class KeyClient:
         quote_source: QuoteSource,
         *,
         clock: Callable[[], float] = time.time,
+        allow_unbound_legacy: bool = False,
     ) -> None:
+        if transport.protocol == PROTOCOL_LEGACY:
+            if not allow_unbound_legacy:
+                raise LegacyNotAllowed(
+                    "refusing the legacy protocol: its answers are not bound to the request, so the host "
+                    "can hand this TD another TD's key; use the HTTP API v1 (http://HOST:PORT), or opt in "
+                    "with allow_unbound_legacy=True (get-key --legacy) for a provider whose "
+                    "policy.allowed_mrtd lists only your images"
+                )
+            log.warning("%s", LEGACY_RISK_WARNING)
         self.transport = transport
         self.trust = trust
         self._verifier = verifier
@@ -142,10 +172,19 @@ class KeyClient:
         *,
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
+        allow_unbound_legacy: bool = False,
     ) -> KeyClient:
-        """A client of the original's TCP protocol at ``host:port`` (default key, legacy-sha256 only)."""
+        """A client of the original's TCP protocol at ``host:port`` (default key, legacy-sha256 only).
+
+        Refused (:class:`LegacyNotAllowed`) unless ``allow_unbound_legacy``: see the module docstring."""
         return cls(
-            LegacyTransport(address, timeout=timeout), trust, verifier, collateral, quote_source, clock=clock
+            LegacyTransport(address, timeout=timeout),
+            trust,
+            verifier,
+            collateral,
+            quote_source,
+            clock=clock,
+            allow_unbound_legacy=allow_unbound_legacy,
         )
 
     def close(self) -> None:
@@ -180,8 +219,9 @@ class KeyClient:
     ) -> ProviderKey:
         """Request, check and decrypt one key; return it with what the provider said about it.
 
-        ``scheme=None`` accepts the provider's default scheme (bound in its quote and reported in the
-        result); pin it to keep keys stable across provider configuration changes. ``freshness``
+        ``scheme=None`` means :data:`~..keys.DEFAULT_SCHEME` (``legacy-sha256`` on the legacy
+        protocol); the scheme is always sent and the answer must name it, so neither the host nor a
+        provider configuration change can switch this TD to another key. ``freshness``
         (v1 only) puts SHA-256 of a provider token into the quote, so the provider can tell the
         quote is recent. Raises a :class:`~sealing_key_provider.errors.ProviderError` subclass with
         a stable code; ``ValueError`` for arguments the protocol cannot express.
@@ -196,6 +236,9 @@ class KeyClient:
                 raise ValueError(f"the legacy protocol always uses the {LEGACY_SCHEME} scheme")
             if freshness:
                 raise ValueError("the legacy protocol has no freshness nonce; use the HTTP API v1")
+            scheme = LEGACY_SCHEME
+        elif scheme is None:
+            scheme = DEFAULT_SCHEME
 
         nonce = self.transport.nonce() if freshness else None
         # A fresh key pair for every request: never reused, never stored.

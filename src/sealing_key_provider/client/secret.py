@@ -1,16 +1,16 @@
 """Short-lived secrets on the TD side: an X25519 key pair whose private half is zeroed after use.
 
 Python gives no guarantee about copies of immutable objects, and PyNaCl's bindings take ``bytes``
-only. What can be done: the private key is born in a ``bytearray`` we own and zero; the one ``bytes``
-copy handed to libsodium is created here, used, and then zeroed in place (CPython only: its buffer is
-reached with ``ctypes``; elsewhere it is merely dropped). libsodium zeroes its own intermediates (the
+only. What can be done: the private key is born in a ``bytearray`` we own and zero (the random
+bytes are read straight into it, never through an immutable ``bytes`` as ``os.urandom`` returns);
+the one ``bytes`` copy handed to libsodium is created here, used, and then zeroed in place (CPython
+only: its buffer is reached with ``ctypes``; elsewhere it is merely dropped). libsodium zeroes its own intermediates (the
 shared secret and the box key) itself.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 from typing import Final
 
@@ -35,13 +35,27 @@ def wipe(buffer: bytes | bytearray) -> None:
         ctypes.memset(id(buffer) + _BYTES_DATA_OFFSET, 0, len(buffer))
 
 
+def fill_random(buffer: bytearray) -> None:
+    """Fill ``buffer`` in place from the kernel's CSPRNG (``getrandom``, via ``/dev/urandom``).
+
+    ``readinto`` writes into the buffer we own, so no other copy of the random bytes is made."""
+    view = memoryview(buffer)
+    with open("/dev/urandom", "rb", buffering=0) as f:
+        while view:
+            got = f.readinto(view)
+            if not got:
+                raise OSError("/dev/urandom returned no bytes")
+            view = view[got:]
+
+
 class EphemeralKeyPair:
     """One request's X25519 key pair. Use as a context manager: the private key is zeroed on exit."""
 
     __slots__ = ("_secret", "public_key")
 
     def __init__(self) -> None:
-        self._secret = bytearray(os.urandom(X25519_KEY_SIZE))
+        self._secret = bytearray(X25519_KEY_SIZE)
+        fill_random(self._secret)
         sk = bytes(self._secret)
         try:
             self.public_key: bytes = nacl.bindings.crypto_scalarmult_base(sk)

@@ -145,7 +145,7 @@ def qgs_port_from_conf(text: str) -> int | None:
         if not sep or key.strip() != "port":
             continue
         value = value.strip()
-        if not value.isdigit() or not 0 < int(value) < 2**32:
+        if not (value.isascii() and value.isdigit()) or len(value) > 10 or not 0 < int(value) < 2**32:
             raise ConfigError(
                 f"tdx-attest.conf line {number}: port must be a positive integer, got {value!r}"
             )

@@ -20,6 +20,7 @@ from typing import Final, Protocol
 
 import httpx
 
+from ..collateral.pccs_client import tls_setting
 from ..config import parse_listen
 from ..errors import BadRequest, ConfigError, ProviderError, RequestTooLarge, TransportError
 from ..wire import (
@@ -102,7 +103,10 @@ class HttpTransport:
         self._max = max_response_bytes
         self._owned = client is None
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout), verify=verify, follow_redirects=False, trust_env=False
+            timeout=httpx.Timeout(timeout),
+            verify=tls_setting(self.url, verify),
+            follow_redirects=False,
+            trust_env=False,
         )
 
     @property
@@ -123,7 +127,13 @@ class HttpTransport:
         try:
             with self._client.stream(method, self.url + path, json=body) as response:
                 declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self._max:
+                if (
+                    declared is not None
+                    and declared.isascii()
+                    and declared.isdigit()
+                    and len(declared) <= 18
+                    and int(declared) > self._max
+                ):
                     raise ResponseMalformed(f"provider answer of {declared} bytes exceeds {self._max} bytes")
                 chunks: list[bytes] = []
                 size = 0

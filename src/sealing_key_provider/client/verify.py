@@ -147,13 +147,14 @@ def verify_binding_v1(
     td_quote: bytes,
     key_name: str,
     key_version: int,
-    scheme: str | None,
+    scheme: str,
     trust: ProviderTrust,
 ) -> None:
     """Step 5, v1: the response answers *our* request, and the quote binds it and its policy digest.
 
-    The response must name the key name and version we asked for (and the scheme, if we asked for
-    one); the request context is then rebuilt from our own TD quote bytes and the response's values,
+    The response must name the key name, version and scheme we asked for: the client always names a
+    scheme, since a request without one could be rewritten in transit to another scheme that the
+    provider would honour and bind honestly, giving the TD another key. The request context is then rebuilt from our own TD quote bytes and the response's values,
     so a response for another request, another quote or another policy fails the report-data check.
     """
     if response.key_name != key_name or response.key_version != key_version:
@@ -161,7 +162,7 @@ def verify_binding_v1(
             f"provider answered for key {response.key_name!r} version {response.key_version}, "
             f"not the requested {key_name!r} version {key_version}"
         )
-    if scheme is not None and response.scheme != scheme:
+    if response.scheme != scheme:
         raise ResponseBindingInvalid(
             f"provider answered with scheme {response.scheme!r}, not the requested {scheme!r}"
         )

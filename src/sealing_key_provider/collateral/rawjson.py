@@ -83,6 +83,8 @@ def _scan(body: bytes) -> tuple[dict[str, tuple[int, int]], dict[str, Any]]:
         parsed = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise CollateralMalformed(f"body is not valid UTF-8 JSON: {e}") from e
+    except RecursionError:  # a hostile PCCS nesting deeper than the interpreter's stack
+        raise CollateralMalformed("body nests too deeply") from None
     if not isinstance(parsed, dict):
         raise CollateralMalformed("body is not a JSON object")
     # From here on the body is known to be one valid JSON object, so indexing cannot run off the end

@@ -81,6 +81,8 @@ class Collateral:
             obj = json.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
             raise CollateralMalformed(f"collateral is not valid JSON: {e}") from e
+        except RecursionError:  # nesting deeper than the interpreter's stack: hostile, never Intel's
+            raise CollateralMalformed("collateral JSON nests too deeply") from None
         if not isinstance(obj, dict):
             raise CollateralMalformed("collateral JSON must be an object")
         return cls.from_mapping(obj)
@@ -93,6 +95,10 @@ class Collateral:
         for f in _FIELDS:
             if not isinstance(obj[f], str):
                 raise CollateralMalformed(f"collateral field {f} must be a string")
+            try:
+                obj[f].encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") from a JSON escape
+                raise CollateralMalformed(f"collateral field {f} is not valid Unicode text") from None
         return cls(
             pck_crl_issuer_chain=obj["pck_crl_issuer_chain"].encode("utf-8"),
             root_ca_crl=_crl_bytes(obj["root_ca_crl"], "root_ca_crl"),
@@ -267,6 +273,8 @@ def _load_object(raw: bytes, what: str) -> Mapping[str, Any]:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise CollateralMalformed(f"{what} is not valid JSON") from e
+    except RecursionError:
+        raise CollateralMalformed(f"{what} JSON nests too deeply") from None
     if not isinstance(obj, dict):
         raise CollateralMalformed(f"{what} must be a JSON object")
     return obj

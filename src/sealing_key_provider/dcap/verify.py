@@ -124,6 +124,9 @@ class VerifiedQuote:
     tdx_module_status: TcbStatus | None
     tcb_date: str
     tcb_evaluation_data_number: int
+    #: Latest issueDate / thisUpdate among the collateral documents and CRLs used (Unix seconds): the
+    #: collateral proves the time was at least this when it was fetched (a floor for a host-set clock).
+    collateral_issued: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -586,6 +589,12 @@ class Verifier:
         ):
             advisories.update(dict.fromkeys(src))
         expiry = min(w.end for w in (*pck.windows, *prepared.windows))
+        issued = max(
+            tcb_info.issue_date,
+            qe_identity.issue_date,
+            int(prepared.root_crl.last_update_utc.timestamp()),
+            int(prepared.pck_crl.last_update_utc.timestamp()),
+        )
         return VerifiedQuote(
             quote=q,
             status=status,
@@ -597,6 +606,7 @@ class Verifier:
             tdx_module_status=module_status,
             tcb_date=level.tcb_date,
             tcb_evaluation_data_number=tcb_info.tcb_evaluation_data_number,
+            collateral_issued=issued,
         )
 
     # -- PCK chain ------------------------------------------------------------------------------------

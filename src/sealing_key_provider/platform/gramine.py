@@ -1,7 +1,9 @@
 """SGX quote and sealing key from Gramine's ``/dev/attestation`` pseudo-files.
 
 Gramine's interface is two files used as one operation: write 64 bytes to ``user_report_data``, then
-read ``quote`` (generated on read with the current report data). ``user_report_data`` is shared by all
+read ``quote`` (generated on read with the current report data) or ``report`` (the enclave's own
+EREPORT over it, made inside the enclave; the quote comes back through the host and is compared with
+it, see :func:`~sealing_key_provider.platform.attested_quote`). ``user_report_data`` is shared by all
 threads of the process, so the pair runs under one lock; otherwise two requests could each get a quote
 over the other's report data. After reading, the quote's REPORTDATA is compared with what was written,
 so even a broken backend cannot hand out a quote that binds something else.
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import PlatformError, RestartRequired
-from .base import SEALING_KEY_SIZE, check_report_data
+from .base import REPORT_BODY_SIZE, SEALING_KEY_SIZE, check_report_data
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ MAX_QUOTE_SIZE: Final = 64 * 1024
 #: REPORTDATA of an SGX v3 quote: header (48) + report body offset 320, 64 bytes.
 SGX_QUOTE_REPORT_DATA_OFFSET: Final = 368
 _RD_END: Final = SGX_QUOTE_REPORT_DATA_OFFSET + 64
+#: ``sgx_report_t``: body (384) || KEYID (32) || MAC (16).
+SGX_REPORT_SIZE: Final = 432
 
 
 def _oserror(exc: OSError, path: Path) -> PlatformError:
@@ -76,7 +80,15 @@ class GraminePlatform:
     ``keys/_sgx_mrsigner``.
     """
 
-    __slots__ = ("_key_path", "_lock", "_quote_path", "_report_data_path", "key_policy", "root")
+    __slots__ = (
+        "_key_path",
+        "_lock",
+        "_quote_path",
+        "_report_data_path",
+        "_report_path",
+        "key_policy",
+        "root",
+    )
 
     def __init__(self, root: str | Path = DEFAULT_ROOT, key_policy: str = "mrenclave") -> None:
         if key_policy not in KEY_POLICIES:
@@ -86,6 +98,7 @@ class GraminePlatform:
         self._lock = threading.Lock()
         self._report_data_path = self.root / "user_report_data"
         self._quote_path = self.root / "quote"
+        self._report_path = self.root / "report"
         self._key_path = self.root / "keys" / f"_sgx_{key_policy}"
         kind = _read_file(self.root / "attestation_type", 64).strip()
         if kind != b"dcap":
@@ -108,6 +121,19 @@ class GraminePlatform:
         if not hmac.compare_digest(quote[SGX_QUOTE_REPORT_DATA_OFFSET:_RD_END], rd):
             raise PlatformError(f"{self._quote_path} returned a quote over other report data than written")
         return quote
+
+    def report(self, report_data: bytes) -> bytes:
+        rd = check_report_data(report_data)
+        with self._lock:
+            _write_file(self._report_data_path, rd)
+            report = _read_file(self._report_path, SGX_REPORT_SIZE)
+        if len(report) != SGX_REPORT_SIZE:
+            got = str(len(report)) if len(report) <= SGX_REPORT_SIZE else f"more than {SGX_REPORT_SIZE}"
+            raise PlatformError(f"{self._report_path} returned {got} bytes, expected {SGX_REPORT_SIZE}")
+        body = report[:REPORT_BODY_SIZE]
+        if not hmac.compare_digest(body[320:384], rd):
+            raise PlatformError(f"{self._report_path} returned a report over other report data than written")
+        return body
 
     def sealing_key(self) -> bytes:
         key = _read_file(self._key_path, SEALING_KEY_SIZE)

@@ -180,9 +180,10 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, at most ``limit`` bytes, within ``timeout`` seconds; typed errors otherwise."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("Content-Length is not a number")
-        if int(declared) > limit:
+        if len(declared) > 18 or int(declared) > limit:  # 18 digits: int() never meets its digit limit
             raise RequestTooLarge(f"request body of {declared} bytes is larger than the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0

@@ -191,7 +191,7 @@ def _update_params(params: Mapping[str, str], evaluation_number: int) -> _Reply 
         return _error(400, "update must be early or standard")
     if "tcbEvaluationDataNumber" in params:
         n = params["tcbEvaluationDataNumber"]
-        if not n.isdigit():
+        if not (n.isascii() and n.isdigit()) or len(n) > 10:
             return _error(400, "tcbEvaluationDataNumber must be a number")
         if int(n) != evaluation_number:
             return _error(404, "no collateral for that tcbEvaluationDataNumber")
@@ -343,7 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8081`` for IPv6) into a (host, port) pair."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--listen must be HOST:PORT, got {listen!r}")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)

@@ -296,6 +296,23 @@ class SimPlatform:
             pck_chain_pem=self._chain_pem,
         )
 
+    def sgx_report(self, report_data: bytes = b"", *, enclave: SgxEnclaveIdentity) -> bytes:
+        """The body (384 bytes) of the EREPORT ``enclave`` makes on this machine over ``report_data``:
+        what Gramine's ``/dev/attestation/report`` gives, and exactly the body of :meth:`sgx_quote`."""
+        s = self._state
+        return q.EnclaveBody(
+            cpusvn=s.cpusvn,
+            attributes=enclave.attributes,
+            mrenclave=enclave.mrenclave,
+            mrsigner=enclave.mrsigner,
+            isvprodid=enclave.isvprodid,
+            isvsvn=enclave.isvsvn,
+            report_data=q.report_data_bytes(report_data),
+            miscselect=enclave.miscselect,
+            configid=enclave.configid,
+            configsvn=enclave.configsvn,
+        ).pack()
+
     def sgx_quote(
         self,
         report_data: bytes = b"",
@@ -309,18 +326,7 @@ class SimPlatform:
         if version not in (3, 5):
             raise ValueError("SGX quotes are version 3 (or 5 with body type 1)")
         s = self._state
-        body = q.EnclaveBody(
-            cpusvn=s.cpusvn,
-            attributes=enclave.attributes,
-            mrenclave=enclave.mrenclave,
-            mrsigner=enclave.mrsigner,
-            isvprodid=enclave.isvprodid,
-            isvsvn=enclave.isvsvn,
-            report_data=q.report_data_bytes(report_data),
-            miscselect=enclave.miscselect,
-            configid=enclave.configid,
-            configsvn=enclave.configsvn,
-        ).pack()
+        body = self.sgx_report(report_data, enclave=enclave)
         return q.assemble(
             version=version,
             tee_type=TEE_TYPE_SGX,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import PlatformError
-from ..platform.base import SEALING_KEY_SIZE, check_report_data
+from ..platform.base import DEV_MODE_ISVPRODID, PRODUCTION_ISVPRODID, SEALING_KEY_SIZE, check_report_data
 from .platform import SgxEnclaveIdentity, SimPlatform
 
 KEY_POLICIES: Final = ("mrenclave", "mrsigner")
@@ -57,14 +57,21 @@ class SimSgxPlatform:
         key_policy: str = "mrenclave",
         dev_mode: bool = False,
     ) -> SimSgxPlatform:
-        """Load an initialised simulated platform (``sim init`` first) and play the provider enclave."""
+        """Load an initialised simulated platform (``sim init`` first) and play the provider enclave.
+
+        A development "build" has its own ISVPRODID, as the Makefile gives a ``DEV_MODE=1`` build, so
+        even under the MRSIGNER key policy its sealing key is not the production one."""
         platform = SimPlatform.load(state_dir)
         default_mrenclave = DEFAULT_SIM_DEV_MRENCLAVE if dev_mode else DEFAULT_SIM_MRENCLAVE
         enclave = SgxEnclaveIdentity(
             mrenclave=mrenclave if mrenclave is not None else default_mrenclave,
             mrsigner=mrsigner if mrsigner is not None else DEFAULT_SIM_MRSIGNER,
+            isvprodid=DEV_MODE_ISVPRODID if dev_mode else PRODUCTION_ISVPRODID,
         )
         return cls(platform, enclave, key_policy)
+
+    def report(self, report_data: bytes) -> bytes:
+        return self.platform.sgx_report(check_report_data(report_data), enclave=self.enclave)
 
     def quote(self, report_data: bytes) -> bytes:
         rd = check_report_data(report_data)

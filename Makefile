@@ -58,7 +58,6 @@ GRAMINE_DIR := build/gramine
 SIM_STATE ?= $(shell $(PY) -c 'from sealing_key_provider.sim import default_state_dir; print(default_state_dir())')
 LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,info)
 GRAMINE_LOG_LEVEL := $(if $(filter 1,$(DEBUG)),debug,error)
-ISVPRODID := $(if $(filter 1,$(DEV_MODE)),1,0)
 
 print-mode:
 	@echo "SGX=$(if $(SGX),1 (gramine-sgx),0 (native, simulated platform)) DEV_MODE=$(DEV_MODE) DEBUG=$(DEBUG) ISVPRODID=$(ISVPRODID)"

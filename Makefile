@@ -83,8 +83,9 @@ ENCLAVE_PYTHON ?= $(shell $(PY) -c 'import sys; print(sys._base_executable)' 2>/
 # Extras of this project whose dependencies the enclave needs (the server's web stack).
 ENCLAVE_EXTRAS ?= server
 PCCS_CA ?=
-# ISVPRODID (above: 1 for DEV_MODE=1, 0 for production) and ISVSVN are SIGSTRUCT fields, and measured
-# into the manifest too.
+# A DEV_MODE=1 build gets its own ISVPRODID (1; production is 0), so even signed with the production key
+# it never shares the MRSIGNER sealing key. Both are SIGSTRUCT fields, measured into the manifest too.
+ISVPRODID ?= $(if $(filter 1,$(DEV_MODE)),1,0)
 ISVSVN ?= 1
 GRAMINE_PKGLIBDIR ?= /usr/lib/x86_64-linux-gnu/gramine
 SGX_SIGNING_KEY ?= $(HOME)/.config/gramine/enclave-key.pem

@@ -192,10 +192,10 @@ def test_renewal_schedule_backoff_health_and_expiry() -> None:
 
 def test_renewal_when_the_quote_no_longer_verifies_and_restart_required() -> None:
     quotes = FakeQuotes()
-    failing: list[bool] = [False]
+    refused: set[bytes] = set()
 
     def check(quote: bytes, now: float) -> None:
-        if failing[0]:
+        if quote in refused:
             raise QuoteSignatureInvalid("TCB recovery (test)")
 
     keys = AttestedKeys(quotes, DIGEST, lifetime=1000, check=check)
@@ -205,11 +205,33 @@ def test_renewal_when_the_quote_no_longer_verifies_and_restart_required() -> Non
     with pytest.raises(PlatformError, match="has not happened"):
         keys.health(751)
     assert not keys.maintain(10)
-    failing[0] = True
+    refused.add(first.document.quote)
     assert keys.maintain(11) and keys.current(11).attestation_id != first.attestation_id
     quotes.error = RestartRequired("permission denied (test)")
     with pytest.raises(RestartRequired):
         keys.maintain(600)
+
+
+def test_a_renewed_quote_that_fails_the_check_is_a_failed_renewal_with_backoff() -> None:
+    """A check no new quote can pass (a revoked PCK) must not re-attest on every tick: the new quote is
+    checked before it becomes current, and its failure backs off like any failed renewal."""
+    quotes = FakeQuotes()
+    failing = [False]
+
+    def check(quote: bytes, now: float) -> None:
+        if failing[0]:
+            raise QuoteSignatureInvalid("PCK revoked (test)")
+
+    keys = AttestedKeys(quotes, DIGEST, lifetime=1000, check=check)
+    first = keys.attest(0)
+    failing[0] = True
+    assert not keys.maintain(10)  # the current quote fails, and so does the renewed one
+    assert keys.current(10).attestation_id == first.attestation_id  # the current one stays
+    assert len(quotes.calls) == 2
+    assert not keys.maintain(10.5)  # within the 1 s backoff: no new quote
+    assert len(quotes.calls) == 2
+    assert not keys.maintain(11)  # next try, fails again: backoff doubles to 2 s
+    assert not keys.maintain(12.5) and len(quotes.calls) == 3
 
 
 # --- the provider's answers ---------------------------------------------------------------------------------

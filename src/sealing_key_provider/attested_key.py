@@ -5,8 +5,10 @@ RA-TLS identity, the statement binding both, and the quote over it) and replaces
 
 - on schedule: once half of ``lifetime`` has passed, so the next one exists long before the current
   one expires (clients that verified the current one keep it until it expires; it stays valid);
-- when the current quote would no longer verify under fresh collateral (``check`` raises), e.g. after
-  a TCB recovery made the platform's old TCB level out of date;
+- when the current quote would no longer verify under fresh collateral (``check`` raises: its PCK
+  certificate was revoked, its TCB level is no longer listed, ...); a renewal whose new quote fails the
+  same check is a failed renewal (backoff), not a new current attestation, so a check that a new quote
+  cannot pass does not re-attest on every tick;
 - never on the request path: :meth:`maintain` is called by the server's maintenance task.
 
 A failed renewal keeps the current attestation, retries with exponential backoff (1 s doubling to
@@ -104,8 +106,9 @@ class AttestedKeys:
 
     # --- making one -----------------------------------------------------------------------------------
 
-    def attest(self, now: float) -> Attestation:
-        """Make a new attestation now (keys, RA-TLS certificate, quote) and make it current."""
+    def attest(self, now: float, *, checked: bool = False) -> Attestation:
+        """Make a new attestation now (keys, RA-TLS certificate, quote) and make it current; with
+        ``checked``, only if its quote passes ``check`` (which raises otherwise)."""
         key = Ed25519PrivateKey.generate()
         public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         not_before = max(0, int(now) - NOT_BEFORE_SKEW)
@@ -119,6 +122,8 @@ class AttestedKeys:
             policy_digest=self._policy_digest,
         )
         quote = self._quote(statement.report_data())
+        if checked and self._check is not None:
+            self._check(quote, now)
         attestation = Attestation(AttestationDocument(statement, quote), now, key, tls)
         with self._lock:
             self._current = attestation
@@ -180,7 +185,7 @@ class AttestedKeys:
         if reason is None:
             return False
         try:
-            self.attest(now)
+            self.attest(now, checked=True)
         except RestartRequired:
             raise  # Gramine refuses attestation: the server exits for its supervisor, as on requests
         except ProviderError as e:

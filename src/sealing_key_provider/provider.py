@@ -295,7 +295,7 @@ class Provider:
             tls_factory=tls_factory,
             check=None if dev_mode else self._check_own_quote,
         )
-        self.attested.attest(self._clock())
+        self.attested.attest(self.time_floor.check(self._clock()))
 
     def _quote(self, report_data: bytes) -> bytes:
         """Every SGX quote the provider makes goes through here: its report body checked against the
@@ -410,6 +410,10 @@ class Provider:
             quote_seconds = time.perf_counter() - started
         elif evidence == EVIDENCE_SIGNATURE:
             attestation_id, signature = self.attested.sign(report_data, now)
+        else:
+            # The RA-TLS channel stands in for the signature: like a signature, it is never used past
+            # its attestation's expiry (a keep-alive connection or a stale certificate would be).
+            self.attested.current(now)
 
         # 8. Answer with what was applied.
         return (
@@ -533,7 +537,7 @@ class Provider:
 
     def attestation(self) -> dict[str, object]:
         """The current attestation document (``GET /v1/attestation``)."""
-        return self.attested.current(self._clock()).document.to_json()
+        return self.attested.current(self.time_floor.check(self._clock())).document.to_json()
 
 
 def _peek_digest(quote: bytes) -> str:

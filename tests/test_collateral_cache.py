@@ -144,6 +144,28 @@ def test_max_age_refreshes_ahead_in_the_background() -> None:
     assert inner.calls == 2 and not spawned
 
 
+def test_a_refresh_that_cannot_start_leaves_no_flight_behind() -> None:
+    """No thread can be started (a thread cap under Gramine): the request is served from the cache,
+    and the key's next fetch is not left waiting on a refresh that never ran."""
+    inner = FakeSource({TDX_KEY: TDX})
+    start = _case("tdx-v4-phala-1")["verify_unix_time"]
+    clock = Clock(start)
+
+    def no_threads(work: Callable[[], None]) -> None:
+        raise RuntimeError("can't start new thread")
+
+    cache = CachingSource(inner, clock, max_age=3600, spawn=no_threads)
+    cache.get(*TDX_KEY)
+    clock.now = start + 3300  # refresh ahead is due: it cannot start
+    assert cache.get(*TDX_KEY) is TDX
+    clock.now = start + 3600  # past max_age: this request fetches itself instead of waiting forever
+    done: list[Collateral] = []
+    asker = threading.Thread(target=lambda: done.append(cache.get(*TDX_KEY)))
+    asker.start()
+    asker.join(timeout=30)
+    assert done == [TDX] and inner.calls == 2
+
+
 def test_past_max_age_a_request_fetches() -> None:
     inner = FakeSource({TDX_KEY: TDX})
     start = _case("tdx-v4-phala-1")["verify_unix_time"]

@@ -125,7 +125,7 @@ class CachingSource:
     """Wrap a :class:`CollateralSource` with a bounded, thread-safe, expiry-aware cache.
 
     ``clock`` returns Unix seconds and is injected so tests control time; ``spawn`` runs a background
-    refresh (a daemon thread by default; tests run it inline).
+    refresh (a daemon thread by default; tests collect it and run it when they choose).
     """
 
     def __init__(
@@ -165,24 +165,44 @@ class CachingSource:
         with self._lock:
             now = self._clock()
             entry = self._valid_entry(key, now)
-            if entry is not None and not self._due(entry, now):
-                return self._hit(key, entry, now)
-            if self._in_backoff(key, now):
-                return self._stale_or_raise(key, entry, self._failures[key].error)
-            flight = self._flights.get(key)
-            owner = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
+            fresh = entry is not None and not self._due(entry, now)
+            if fresh:
+                assert entry is not None
+                refresh = self._hit(key, entry, now)
+            else:
+                if self._in_backoff(key, now):
+                    return self._stale_or_raise(key, entry, self._failures[key].error)
+                existing = self._flights.get(key)
+                owner = existing is None
+                flight = existing if existing is not None else self._flights.setdefault(key, _Flight())
+        if fresh:
+            assert entry is not None
+            if refresh is not None:
+                # Started outside the lock (the fetch takes it), and a start that fails must not leave
+                # a flight that nobody will ever finish.
+                self._start_refresh(key, refresh)
+            return entry.collateral
         return self._outcome(key, flight, owner)
 
-    def _hit(self, key: CollateralKey, entry: _Entry, now: float) -> Collateral:
-        """Under the lock: count a hit; start the refresh ahead of max_age if it is time."""
+    def _hit(self, key: CollateralKey, entry: _Entry, now: float) -> _Flight | None:
+        """Under the lock: count a hit; the refresh to start ahead of max_age, if it is time."""
         self._hits += 1
-        self._entries.get(key)  # most recently used
         if self._refresh_ahead(entry, now) and key not in self._flights and not self._in_backoff(key, now):
             flight = self._flights[key] = _Flight()
+            return flight
+        return None
+
+    def _start_refresh(self, key: CollateralKey, flight: _Flight) -> None:
+        """Run ``flight``'s fetch in the background; if no background work can start (a thread cap),
+        the flight ends now as a failure, so that nobody waits on it."""
+        try:
             self._spawn(lambda: self._fetch(key, flight))
-        return entry.collateral
+        except Exception as e:
+            with self._lock:
+                self._flights.pop(key, None)
+            flight.error = CollateralUnavailable(f"collateral refresh could not start: {type(e).__name__}")
+            flight.done.set()
+            log.warning("collateral refresh could not start key=%s: %s", key, type(e).__name__)
 
     def _outcome(self, key: CollateralKey, flight: _Flight, owner: bool) -> Collateral:
         """Run (``owner``) or wait for ``flight``; its collateral, else stale-but-valid, else its error."""

@@ -414,3 +414,21 @@ def test_request_head_deadline(server: ServerThread, caplog: pytest.LogCaptureFi
     while server.server.service.connections.open and time.monotonic() < end:
         time.sleep(0.01)
     assert server.server.service.connections.open <= 1  # only the module's httpx client may remain
+
+
+def test_a_readiness_check_that_crashes_is_not_ready() -> None:
+    """An unexpected exception in a check (a library error, a bug) is a failed check, never 'ready'."""
+    import asyncio
+    from typing import cast
+
+    from sealing_key_provider.errors import NotReady
+    from sealing_key_provider.server.http_api import Readiness
+    from sealing_key_provider.server.service import KeyService
+
+    class Crashing:
+        async def readiness(self) -> dict[str, str]:
+            raise RuntimeError("boom (test)")
+
+    readiness = Readiness(cast(KeyService, Crashing()), ttl=60.0)
+    checks, error = asyncio.run(readiness.result())
+    assert checks is None and isinstance(error, NotReady)

@@ -245,6 +245,10 @@ class Readiness:
         except ProviderError as e:
             self._checks, self._error = None, e
             log.warning("not ready code=%s reason=%s", e.code, e.message)
+        except Exception:
+            # A check that crashed is a failed check: never "ready" by default.
+            log.exception("readiness check failed code=INTERNAL_ERROR")
+            self._checks, self._error = None, NotReady("a readiness check failed unexpectedly (see the log)")
         self._at = time.monotonic()
 
     async def result(self) -> tuple[dict[str, str] | None, ProviderError | None]:

@@ -432,3 +432,34 @@ def test_a_readiness_check_that_crashes_is_not_ready() -> None:
     readiness = Readiness(cast(KeyService, Crashing()), ttl=60.0)
     checks, error = asyncio.run(readiness.result())
     assert checks is None and isinstance(error, NotReady)
+
+
+def test_a_request_out_of_time_before_its_worker_slot_spends_no_worker() -> None:
+    """A request whose deadline passed while it waited (for a rate-limit token) is refused with
+    DEADLINE_EXCEEDED before any worker runs the provider for it."""
+    import asyncio
+    from typing import cast
+
+    from sealing_key_provider.config import ServerConfig
+    from sealing_key_provider.errors import DeadlineExceeded, RestartRequired
+    from sealing_key_provider.provider import KeyRequest, Provider
+    from sealing_key_provider.server.metrics import Metrics
+    from sealing_key_provider.server.service import KeyService
+
+    handled: list[KeyRequest] = []
+
+    class Recording:
+        def handle(self, request: KeyRequest) -> None:
+            handled.append(request)
+
+    def fatal(e: RestartRequired) -> None:
+        raise AssertionError("no fatal error expected")
+
+    async def ask() -> None:
+        service = KeyService(cast(Provider, Recording()), ServerConfig(), Metrics(), on_fatal=fatal)
+        past = asyncio.get_running_loop().time() - 1.0
+        with pytest.raises(DeadlineExceeded):
+            await service.request_key(KeyRequest(quote=b"q", peer="127.0.0.1:1"), "http", past)
+
+    asyncio.run(ask())
+    assert handled == []

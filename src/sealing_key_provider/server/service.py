@@ -112,6 +112,10 @@ class KeyService:
         self.metrics.in_flight.inc()
         try:
             client = address_of(request.peer)
+            if self.remaining(deadline) <= 0:
+                # Out of time already (a long wait for a rate-limit token): no worker is spent on an
+                # answer nobody will read, and the requests queued behind it are not made late.
+                raise self._deadline_exceeded()
             await self.gate.acquire(client, self.remaining(deadline))
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self.executor, self.provider.handle, request)
@@ -122,10 +126,7 @@ class KeyService:
                     response = await asyncio.shield(work)
             except TimeoutError:
                 work.add_done_callback(_consume)
-                raise DeadlineExceeded(
-                    f"no answer within the {self.config.request_deadline:g}-second request deadline; "
-                    "retry later"
-                ) from None
+                raise self._deadline_exceeded() from None
         except ProviderError as e:
             self.refused(protocol, e, request.peer, started)
             raise
@@ -137,6 +138,11 @@ class KeyService:
             self.metrics.in_flight.dec()
         self.metrics.observe(protocol, OK, time.perf_counter() - started)
         return response
+
+    def _deadline_exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"no answer within the {self.config.request_deadline:g}-second request deadline; retry later"
+        )
 
     def _work_done(self, work: asyncio.Future[KeyResponse]) -> None:
         self._work.discard(work)

@@ -162,3 +162,33 @@ def test_signatures_cannot_be_moved_between_answers(sim: SimPlatform) -> None:
     with pytest.raises(ProviderError) as e:
         c.get_key()
     assert code(e) == "RESPONSE_BINDING_INVALID"
+
+
+def test_a_verified_attestation_is_not_kept_past_its_collateral(sim: SimPlatform) -> None:
+    """The provider chooses its attestation's lifetime; the client keeps a verification no longer than
+    the collateral and certificates it was made with, then verifies again (here: and refuses, since the
+    collateral has expired by then)."""
+    clock = Clock()
+    provider = Provider(
+        SimSgxPlatform.load(sim.state_dir),
+        SimSource(sim, NOW),
+        Verifier(trust_anchor=sim.root_certificate),
+        Policy(),
+        build_registry(),
+        clock=clock,
+        attestation_lifetime=400 * 24 * 3600.0,  # longer than any collateral is valid
+    )
+    transport = Transport(provider)
+    client_clock = Clock()
+    c = client(provider, sim, transport, client_clock)
+    c.get_key()
+    assert c.attestations is not None
+    expiry = c.attestations.current(NOW).verified.collateral_expiry
+    assert expiry < NOW + 400 * 24 * 3600
+    client_clock.now = expiry - 1
+    c.get_key()
+    assert transport.attestation_fetches == 1  # still cached
+    client_clock.now = expiry + 1
+    with pytest.raises(ProviderError):
+        c.get_key()
+    assert transport.attestation_fetches == 2  # fetched and verified again, not trusted from the cache

@@ -41,6 +41,12 @@ class VerifiedAttestation:
     def attestation_id(self) -> str:
         return self.document.attestation_id
 
+    def usable_at(self, now: int) -> bool:
+        """Within the attestation's validity and before the earliest expiry of the collateral and
+        certificates its quote was verified with: the provider sets its attestation's lifetime, so
+        that alone must not keep a verification alive past its evidence (a revocation in between)."""
+        return self.document.statement.valid_at(now) and now < self.verified.collateral_expiry
+
 
 def verify_attestation(
     document: AttestationDocument,
@@ -101,7 +107,7 @@ class AttestationCache:
     def current(self, now: int) -> VerifiedAttestation:
         with self._lock:
             current = self._current
-            if current is not None and current.document.statement.valid_at(now):
+            if current is not None and current.usable_at(now):
                 return current
             return self._fetch(now)
 

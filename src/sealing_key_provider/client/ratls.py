@@ -47,6 +47,12 @@ class VerifiedCertificate:
     tagged: VerifiedQuote
     not_after: int
 
+    @property
+    def usable_until(self) -> int:
+        """The certificate's end, or the earliest expiry of the evidence its quotes were verified
+        with if sooner: a verification is not kept past its collateral (a revocation in between)."""
+        return min(self.not_after, self.legacy.collateral_expiry, self.tagged.collateral_expiry)
+
 
 class RaTlsVerifier:
     """Verifies RA-TLS certificates against ``trust`` and remembers the ones that passed."""
@@ -73,10 +79,10 @@ class RaTlsVerifier:
         key = hashlib.sha256(der).digest()
         with self._lock:
             known = self._verified.get(key)
-        if known is None or now >= known.not_after:
+        if known is None or now >= known.usable_until:
             known = self._verify_fully(der, now)
             with self._lock:
-                self._verified = {k: v for k, v in self._verified.items() if now < v.not_after}
+                self._verified = {k: v for k, v in self._verified.items() if now < v.usable_until}
                 self._verified[key] = known
         if td is not None:
             verify_same_platform(known.legacy, td)

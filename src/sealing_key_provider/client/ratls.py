@@ -30,8 +30,7 @@ from ..collateral.source import CollateralSource
 from ..dcap import VerifiedQuote, Verifier
 from ..errors import ProviderError, TransportError
 from ..ratls import read_ratls_certificate
-from .errors import ResponseMalformed
-from .transport import DEFAULT_TIMEOUT, MAX_HTTP_RESPONSE, HttpTransport, decode_answer
+from .transport import DEFAULT_TIMEOUT, MAX_HTTP_RESPONSE, HttpTransport, decode_answer, read_bounded_answer
 from .trust import ProviderTrust
 from .verify import TdQuoteInfo, verify_provider_quote, verify_same_platform
 
@@ -197,21 +196,13 @@ class RaTlsTransport(HttpTransport):
         try:
             connection.request(method, path, body=data, headers=headers)
             response = connection.getresponse()
-            declared = response.getheader("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self._max:
-                raise ResponseMalformed(f"provider answer of {declared} bytes exceeds {self._max} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise TransportError(f"provider at {self.url} timed out after {self._timeout:g} s")
-                chunk = response.read(65536)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self._max:
-                    raise ResponseMalformed(f"provider answer exceeds {self._max} bytes")
-                chunks.append(chunk)
+            raw = read_bounded_answer(
+                iter(lambda: response.read(65536), b""),
+                response.getheader("content-length"),
+                limit=self._max,
+                deadline=deadline,
+                timed_out=f"provider at {self.url} timed out after {self._timeout:g} s",
+            )
             status = response.status
         except TimeoutError:
             raise TransportError(f"provider at {self.url} timed out after {self._timeout:g} s") from None
@@ -223,7 +214,7 @@ class RaTlsTransport(HttpTransport):
             ) from None
         finally:
             connection.close()
-        return decode_answer(status, b"".join(chunks), path)
+        return decode_answer(status, raw, path)
 
 
 def _json_bytes(body: dict[str, object]) -> bytes:

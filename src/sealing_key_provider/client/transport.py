@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -85,6 +86,34 @@ class Transport(Protocol):
 # --- HTTP API v1 ------------------------------------------------------------------------------------
 
 
+def read_bounded_answer(
+    chunks: Iterable[bytes], declared: str | None, *, limit: int, deadline: float, timed_out: str
+) -> bytes:
+    """An answer body of at most ``limit`` bytes, read before ``deadline`` (``time.monotonic``).
+
+    A declared Content-Length over the limit is refused before reading; only ASCII digits of bounded
+    length are read as one (the host writes this header), the rest is left to the counted read.
+    """
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and len(declared) <= 18
+        and int(declared) > limit
+    ):
+        raise ResponseMalformed(f"provider answer of {declared} bytes exceeds {limit} bytes")
+    out: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if time.monotonic() > deadline:
+            raise TransportError(timed_out)
+        size += len(chunk)
+        if size > limit:
+            raise ResponseMalformed(f"provider answer exceeds {limit} bytes")
+        out.append(chunk)
+    return b"".join(out)
+
+
 def decode_answer(status: int, raw: bytes, path: str) -> object:
     """The decoded JSON of a 200 answer; :class:`ProviderRefused` with the provider's code otherwise."""
     try:
@@ -152,24 +181,13 @@ class HttpTransport:
         deadline = time.monotonic() + self._timeout
         try:
             with self._client.stream(method, self.url + path, json=body) as response:
-                declared = response.headers.get("content-length")
-                if (
-                    declared is not None
-                    and declared.isascii()
-                    and declared.isdigit()
-                    and len(declared) <= 18
-                    and int(declared) > self._max
-                ):
-                    raise ResponseMalformed(f"provider answer of {declared} bytes exceeds {self._max} bytes")
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    if time.monotonic() > deadline:
-                        raise TransportError(f"provider at {self.url} timed out after {self._timeout:g} s")
-                    size += len(chunk)
-                    if size > self._max:
-                        raise ResponseMalformed(f"provider answer exceeds {self._max} bytes")
-                    chunks.append(chunk)
+                raw = read_bounded_answer(
+                    response.iter_bytes(),
+                    response.headers.get("content-length"),
+                    limit=self._max,
+                    deadline=deadline,
+                    timed_out=f"provider at {self.url} timed out after {self._timeout:g} s",
+                )
                 status = response.status_code
         except httpx.TimeoutException as e:
             raise TransportError(f"provider at {self.url} timed out ({type(e).__name__})") from None
@@ -184,7 +202,7 @@ class HttpTransport:
             raise TransportError(
                 f"cannot reach the provider at {self.url}: {type(e).__name__}: {e}"
             ) from None
-        return decode_answer(status, b"".join(chunks), path)
+        return decode_answer(status, raw, path)
 
     def nonce(self) -> bytes:
         obj = self._call("GET", "/v1/nonce")

@@ -322,7 +322,9 @@ def _cmd_get_key(args: argparse.Namespace) -> int:
     except OSError as e:
         return _fail(e)
     except ValueError as e:
-        return _usage(str(e))
+        # Every argument the SDK would refuse was checked as a usage error above; a ValueError here is
+        # a failure of the run, not of the command line (exit 1, with a code).
+        return _fail(ProviderError(f"unexpected error: {e}"))
     where = f"to {args.out}" if args.out is not None else "to stdout"
     if result.scheme == LEGACY_SCHEME:
         which = f"the {LEGACY_SCHEME} key, which has no name or version"

@@ -79,7 +79,11 @@ def _quotes(http: httpx.Client) -> float:
 
 
 def _http_requests(http: httpx.Client) -> float:
-    return _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}')
+    """Key requests answered over HTTP or HTTPS (the RA-TLS listener has its own label)."""
+    text = http.get("/metrics").text
+    return _metric(text, 'skp_requests_total{code="OK",protocol="http"}') + _metric(
+        text, 'skp_requests_total{code="OK",protocol="https"}'
+    )
 
 
 def _trust(provider: Provider, **kw: object) -> ProviderTrust:
@@ -208,7 +212,7 @@ def test_tls_handshake_failures_never_reach_the_handler(thread: ServerThread) ->
     address = thread.server.https_address
     assert address is not None
     with httpx.Client(base_url=_url(thread.server.http_address, "http"), timeout=10) as http:
-        before = _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}')
+        before = _http_requests(http)
         with socket.create_connection(address, timeout=5) as s:
             s.sendall(b"POST /v1/keys HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
             s.settimeout(5)
@@ -222,7 +226,7 @@ def test_tls_handshake_failures_never_reach_the_handler(thread: ServerThread) ->
         # Plain HTTP on the TLS port, then a working request: the server is unharmed.
         with httpx.Client(base_url=_url(address, "https"), timeout=10, verify=False) as https:
             assert https.get("/healthz").status_code == 200
-        assert _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}') == before
+        assert _http_requests(http) == before
 
 
 def test_stalled_handshakes_are_cut_off_and_never_reach_the_handler(provider: Provider) -> None:
@@ -234,7 +238,7 @@ def test_stalled_handshakes_are_cut_off_and_never_reach_the_handler(provider: Pr
         address = t.server.https_address
         assert address is not None
         with httpx.Client(base_url=_url(t.server.http_address, "http"), timeout=10) as http:
-            before = _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}')
+            before = _http_requests(http)
         stalled = [socket.create_connection(address, timeout=10) for _ in range(3)]
         try:
             for s in stalled:
@@ -247,7 +251,7 @@ def test_stalled_handshakes_are_cut_off_and_never_reach_the_handler(provider: Pr
         with httpx.Client(base_url=_url(address, "https"), timeout=10, verify=False) as https:
             assert https.get("/healthz").status_code == 200
         with httpx.Client(base_url=_url(t.server.http_address, "http"), timeout=10) as http:
-            after = _metric(http.get("/metrics").text, 'skp_requests_total{code="OK",protocol="http"}')
+            after = _http_requests(http)
         assert after == before
 
 

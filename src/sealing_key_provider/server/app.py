@@ -89,7 +89,7 @@ class ProviderServer:
         self.legacy = LegacyServer(self.service)
         self.http = HttpServer(self.service, self.app)
         #: The RA-TLS listener: the same API, admission and limits; answers need no quote or signature.
-        self.https = HttpServer(self.service, self.app, scheme="https")
+        self.https = HttpServer(self.service, self.app, name="https", scheme="https")
         self.tls: RaTlsContext | None = None
         self.listeners: list[Listener] = []
         self.exit_code = 0

@@ -345,13 +345,18 @@ def create_app(service: KeyService, *, readiness_ttl: float = READINESS_TTL) -> 
     return app
 
 
+def _protocol(request: Request) -> str:
+    """The metrics and log label of the listener ``request`` came in on (the listener's scheme)."""
+    return "https" if request.url.scheme == "https" else PROTOCOL
+
+
 async def _admit(service: KeyService, request: Request, deadline: float) -> str:
     """The client's address, once its rate-limit token came (waiting up to ``deadline``)."""
     peer = client_address(request)
     try:
         await service.admit(peer, deadline)
     except RateLimited as e:
-        service.refused_cheaply(PROTOCOL, e, peer)
+        service.refused_cheaply(_protocol(request), e, peer)
         raise
     return peer
 
@@ -363,7 +368,7 @@ async def _parse_key_request(service: KeyService, request: Request, peer: str) -
         body = await read_body(request, service.config.max_request_bytes, service.config.io_timeout)
         parsed = KeyRequestV1.from_json(body, MAX_QUOTE_SIZE)
     except ProviderError as e:
-        service.refused(PROTOCOL, e, peer, started)
+        service.refused(_protocol(request), e, peer, started)
         raise
     return KeyRequest(
         quote=parsed.quote,
@@ -405,7 +410,7 @@ def _key_routes(app: FastAPI, service: KeyService) -> None:
         deadline = service.deadline()
         peer = await _admit(service, request, deadline)
         key_request = await _parse_key_request(service, request, peer)
-        response = await service.request_key(key_request, PROTOCOL, deadline)
+        response = await service.request_key(key_request, _protocol(request), deadline)
         body_out = KeyResponseV1(
             encrypted_key=response.encrypted_key,
             provider_quote=response.provider_quote,

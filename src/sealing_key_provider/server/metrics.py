@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from ..collateral.cache import CacheStats
 from ..provider import QuoteStats
 
-PROTOCOLS: Final = ("legacy", "http")
+PROTOCOLS: Final = ("legacy", "http", "https")
 OK: Final = "OK"
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 

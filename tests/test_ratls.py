@@ -249,3 +249,30 @@ def test_tagged_evidence_round_trip(quote: bytes, claims: bytes) -> None:
     assert parse_tagged_evidence(value) == (quote, claims)
     with pytest.raises(QuoteMalformed):
         parse_tagged_evidence(value + b"\x00")
+
+
+def test_the_transports_peer_check_is_per_thread() -> None:
+    """A KeyClient shared between threads sets one check per request: each thread sees only its own."""
+    import threading
+
+    from sealing_key_provider.client.ratls import RaTlsTransport
+
+    transport = RaTlsTransport("https://127.0.0.1:8443")
+    seen: dict[str, object] = {}
+    ready = threading.Barrier(2)
+
+    def request(name: str) -> None:
+        def mine(der: bytes) -> None:
+            raise AssertionError(name)
+
+        transport.peer_check = mine
+        ready.wait(timeout=30)  # both have set theirs before either reads
+        seen[name] = transport.peer_check
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert seen["a"] is not seen["b"] and seen["a"] is not None and seen["b"] is not None
+    assert transport.peer_check is None  # nothing set in this thread

@@ -178,7 +178,19 @@ class RaTlsTransport(HttpTransport):
         self._max = max_response_bytes
         self._owned = False
         self._context = client_context()
-        self.peer_check: PeerCheck | None = None
+        self._per_thread = threading.local()
+
+    @property
+    def peer_check(self) -> PeerCheck | None:
+        """The check for this thread's next connections. Per thread, because a request's check closes
+        over that request's own TD quote and result list: a client shared between threads must never
+        run one request's connection through another's check."""
+        check: PeerCheck | None = getattr(self._per_thread, "check", None)
+        return check
+
+    @peer_check.setter
+    def peer_check(self, check: PeerCheck | None) -> None:
+        self._per_thread.check = check
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own connection."""
